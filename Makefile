@@ -1,0 +1,36 @@
+# order-saga: the commands a newcomer needs. `make run` and `make test` work on a fresh machine.
+CARGO   ?= cargo
+BIN_DIR ?= target/debug
+
+.PHONY: build run test test-rust walkthrough lint fmt compose-up compose-down compose-smoke clean-data
+
+## Build every binary (one dev profile, shared with the tests).
+build:
+	$(CARGO) build --workspace --bins
+
+## Run the whole cluster locally on SQLite under ./data (Ctrl-C stops it).
+run: build
+	BIN_DIR=$(BIN_DIR) bash deploy/run-local.sh
+
+## The whole test suite: Rust tests on SQLite and PostgreSQL, then the README's grpcurl session.
+test: test-rust walkthrough
+
+## Rust unit, integration and end-to-end tests; PostgreSQL is found or started by the wrapper.
+test-rust:
+	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets -- --test-threads=8
+
+## Run the README's grpcurl session against a fresh `make run` cluster.
+walkthrough: build
+	BIN_DIR=$(BIN_DIR) bash tests/run-walkthrough.sh
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Remove the local cluster's SQLite databases and logs.
+clean-data:
+	rm -rf data

@@ -1,0 +1,61 @@
+//! Plumbing shared by every order-saga service, so each service crate holds only its own logic:
+//!
+//! - [`db`]: one connection entry point for both backends (PostgreSQL in production, SQLite as
+//!   the embedded default) over sqlx's `Any` driver, the few SQL fragments that differ between
+//!   them, embedded migrations, and classification of database errors by meaning.
+//! - [`telemetry`]: `tracing` set-up, optional OpenTelemetry export over OTLP, and W3C trace
+//!   context propagation on every gRPC call so one order is one trace across services.
+//! - [`server`]: the gRPC server stack every service runs (health, reflection, timeouts,
+//!   concurrency limit, load shedding, graceful shutdown).
+
+pub mod db;
+pub mod server;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+/// Parses a human duration such as `30s`, `250ms` or `2m` (for clap value parsers).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Checks an identifier supplied by a client: 1 to `max` characters of ASCII letters, digits,
+/// `-`, `_`, `.` or `:`. Returns a message naming the field on failure, for `INVALID_ARGUMENT`.
+pub fn validate_id(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value.len() > max {
+        return Err(format!("{field} must be at most {max} characters"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(format!(
+            "{field} may contain only ASCII letters, digits, '-', '_', '.' and ':'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_by_length_and_alphabet() {
+        assert!(validate_id("food_id", "margherita-1", 64).is_ok());
+        assert!(validate_id("food_id", "", 64).unwrap_err().contains("food_id"));
+        assert!(validate_id("food_id", &"x".repeat(65), 64).is_err());
+        assert!(validate_id("food_id", "drop table;", 64).is_err());
+    }
+
+    #[test]
+    fn durations_parse_humanly() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! The gRPC server stack every order-saga service runs.
+//!
+//! Each service builds its routes on top of [`base_routes`] (gRPC health and server reflection)
+//! and hands them to [`serve`] with a listener and a shutdown future, so tests can bind port 0
+//! and stop the server when they are done.
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::server::HealthReporter;
+
+/// Limits applied to every request.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Longest a request may run before it is answered `CANCELLED`/`DEADLINE_EXCEEDED`; a
+    /// shorter `grpc-timeout` sent by the client wins.
+    pub request_timeout: Duration,
+    /// Requests in flight per connection before new ones are shed with `UNAVAILABLE`.
+    pub concurrency_limit_per_connection: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(60),
+            concurrency_limit_per_connection: 256,
+        }
+    }
+}
+
+/// Routes with gRPC health and reflection (v1 and v1alpha) already registered, and the reporter
+/// the service uses to mark its own gRPC services as serving.
+pub fn base_routes() -> anyhow::Result<(RoutesBuilder, HealthReporter)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(order_saga_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    Ok((routes, reporter))
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    limits: &ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        // Outermost: one span per request, continuing the caller's trace context.
+        .trace_fn(crate::telemetry::grpc_server_span)
+        // Bound every request's run time; the client's grpc-timeout wins when it is shorter.
+        .timeout(limits.request_timeout)
+        // Shed instead of queueing: when the per-connection limit below is reached, answer
+        // UNAVAILABLE at once so clients back off rather than pile up behind a slow database.
+        .load_shed(true)
+        // Innermost: at most this many requests in flight per connection.
+        .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM, for graceful shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received, draining requests");
+}

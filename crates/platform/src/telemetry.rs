@@ -1,0 +1,159 @@
+//! Logging, tracing and trace-context propagation.
+//!
+//! [`init_telemetry`] installs a `tracing` subscriber that logs to stderr and, when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, exports spans over OTLP/gRPC. The returned guard flushes
+//! the exporter when dropped. W3C trace context (`traceparent`) is injected into every outgoing
+//! gRPC request by [`TracePropagation`] and extracted by [`grpc_server_span`] on the way in, so
+//! an order's spans in the order, store and delivery services form one trace.
+
+use opentelemetry::{
+    global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Telemetry settings, normally read from the environment by [`TelemetryConfig::from_env`].
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`); no export when unset.
+    pub otlp_endpoint: Option<String>,
+    /// Log filter directives (`RUST_LOG`); `info` when unset.
+    pub log_filter: Option<String>,
+}
+
+impl TelemetryConfig {
+    /// Reads `OTEL_EXPORTER_OTLP_ENDPOINT` and `RUST_LOG`.
+    pub fn from_env() -> Self {
+        Self {
+            otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
+            log_filter: std::env::var("RUST_LOG").ok(),
+        }
+    }
+}
+
+/// Flushes and shuts down the span exporter when dropped.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("failed to flush traces: {e}");
+            }
+        }
+    }
+}
+
+/// Installs logging and, if configured, OTLP trace export for `service_name`.
+pub fn init_telemetry(
+    service_name: &'static str,
+    config: &TelemetryConfig,
+) -> anyhow::Result<TelemetryGuard> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_new(config.log_filter.as_deref().unwrap_or("info"))?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+
+    let provider = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name(service_name).build())
+                .build();
+            global::set_tracer_provider(provider.clone());
+            Some(provider)
+        }
+        None => None,
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// Quiet logging for tests: prints only when `TEST_LOG` is set. Safe to call many times.
+pub fn init_test_logging() {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Writes trace context into gRPC metadata.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Reads trace context from HTTP headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// A client interceptor that propagates the current span's trace context (W3C `traceparent`).
+///
+/// Use with `SomeClient::with_interceptor(channel, TracePropagation)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracePropagation;
+
+impl tonic::service::Interceptor for TracePropagation {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let context = tracing::Span::current().context();
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+        });
+        Ok(request)
+    }
+}
+
+/// The span each server opens per request, continuing the caller's trace when it sent one.
+pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
+    let parent =
+        global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.kind = "server",
+        rpc.path = %request.uri().path(),
+    );
+    // Fails only when the span is disabled by the filter; nothing to propagate then.
+    let _ = span.set_parent(parent);
+    span
+}

@@ -1,0 +1,86 @@
+//! Test support: a fresh database per test on either backend.
+//!
+//! PostgreSQL is found through `DATABASE_URL` (any database on the server; the admin connection
+//! uses it to create throwaway databases), else `postgres://postgres@127.0.0.1:5432/postgres`.
+//! `make test` starts a throwaway cluster when neither answers. A missing PostgreSQL is a test
+//! failure with a clear message, never a silent skip.
+
+use std::str::FromStr;
+
+use sqlx::{ConnectOptions, Connection, Executor, postgres::PgConnectOptions};
+
+/// The backends every database test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    /// A SQLite file in a fresh temporary directory.
+    Sqlite,
+    /// A fresh database on the test PostgreSQL server.
+    Postgres,
+}
+
+/// Prefix of every database the tests create (`tests/with-postgres.sh` drops them afterwards).
+pub const TEST_DB_PREFIX: &str = "ostest_";
+
+/// The admin URL of the test PostgreSQL server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Creates a fresh, empty database and returns its URL. `label` makes names readable in
+/// `\l` when debugging (letters, digits and `_`).
+pub async fn fresh_database_url(backend: TestBackend, label: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("{TEST_DB_PREFIX}{label}_{}", &id[..12]);
+    match backend {
+        TestBackend::Sqlite => {
+            let dir = std::env::temp_dir().join("order-saga-tests");
+            format!("sqlite://{}/{name}.db", dir.display())
+        }
+        TestBackend::Postgres => {
+            let admin_url = postgres_admin_url();
+            let options = PgConnectOptions::from_str(&admin_url)
+                .unwrap_or_else(|e| panic!("DATABASE_URL {admin_url:?} is not a PostgreSQL URL: {e}"));
+            let mut conn = options.clone().connect().await.unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is required for the test suite and is not reachable at \
+                     {admin_url:?}: {e}. Run the tests with `make test` (which starts a \
+                     throwaway cluster) or set DATABASE_URL."
+                )
+            });
+            conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .await
+                .expect("create test database");
+            let _ = conn.close().await;
+            let url = options.database(&name).to_url_lossy();
+            url.to_string()
+        }
+    }
+}
+
+/// Declares one `#[tokio::test]` per backend that calls `$body(backend)`.
+///
+/// ```ignore
+/// both_backends!(reserve_is_idempotent, |backend| async move { ... });
+/// ```
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                ($body)($crate::testing::TestBackend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                ($body)($crate::testing::TestBackend::Postgres).await
+            }
+        }
+    };
+}

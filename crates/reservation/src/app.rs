@@ -1,0 +1,193 @@
+//! The application shell both participant services run: configuration, database, the
+//! reservation gRPC service, the sweeper task, and the server. A participant service adds its
+//! own catalogue/admin services to [`Participant::routes_mut`] and runs it.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use order_saga_platform::{
+    db::{Db, DbOptions},
+    parse_duration,
+    server::{ServerLimits, base_routes, serve},
+};
+use order_saga_proto::reservation::v1::reservation_service_server::ReservationServiceServer;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+use tonic_health::server::HealthReporter;
+
+use crate::{Engine, EngineConfig, MIGRATOR, SweeperConfig, grpc::ReservationGrpc, sweeper};
+
+/// Configuration of a participant, from flags or environment variables named
+/// `<PREFIX>_<FLAG>` (for the store: `STORE_LISTEN_ADDR`, `STORE_DATABASE_URL`, ...).
+#[derive(Debug, Clone, Parser)]
+pub struct ParticipantArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen_addr: SocketAddr,
+    /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
+    #[arg(long)]
+    pub database_url: String,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Wait for a pooled connection before answering UNAVAILABLE.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+    /// Pause between sweeps of expired reservations.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// Longest reservation TTL a caller may ask for.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub max_ttl: Duration,
+    /// Longest time a request may run.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests in flight per connection before shedding load.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency_limit: usize,
+}
+
+impl ParticipantArgs {
+    /// Parses the process arguments, with environment variables `<prefix>_<FLAG>` and the
+    /// given defaults for the address and database.
+    pub fn parse_with_env_prefix(
+        name: &'static str,
+        prefix: &'static str,
+        default_addr: &'static str,
+        default_db: &'static str,
+    ) -> Self {
+        let command = Self::command()
+            .name(name)
+            .mut_args(|arg| {
+                let var = format!("{prefix}_{}", arg.get_id().as_str().to_uppercase());
+                // Leaked once at start-up: clap keeps &'static names.
+                arg.env(&*Box::leak(var.into_boxed_str()))
+            })
+            .mut_arg("listen_addr", |a| a.default_value(default_addr))
+            .mut_arg("database_url", |a| a.default_value(default_db));
+        let matches = command.get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Settings for [`Participant::build`], keeping the address.
+    pub fn settings(&self) -> ParticipantSettings {
+        ParticipantSettings {
+            database_url: self.database_url.clone(),
+            db: DbOptions {
+                max_connections: self.db_max_connections,
+                acquire_timeout: self.db_acquire_timeout,
+                ..DbOptions::default()
+            },
+            sweeper: SweeperConfig { interval: self.sweep_interval, ..SweeperConfig::default() },
+            limits: ServerLimits {
+                request_timeout: self.request_timeout,
+                concurrency_limit_per_connection: self.concurrency_limit,
+            },
+            max_ttl: self.max_ttl,
+        }
+    }
+}
+
+/// Everything a participant needs besides its listener (tests build this directly).
+#[derive(Debug, Clone)]
+pub struct ParticipantSettings {
+    /// Database URL.
+    pub database_url: String,
+    /// Pool settings.
+    pub db: DbOptions,
+    /// Sweeper settings.
+    pub sweeper: SweeperConfig,
+    /// Server limits.
+    pub limits: ServerLimits,
+    /// Longest TTL a caller may ask for.
+    pub max_ttl: Duration,
+}
+
+impl ParticipantSettings {
+    /// Defaults for a database URL (used by tests and tools).
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            db: DbOptions::default(),
+            sweeper: SweeperConfig::default(),
+            limits: ServerLimits::default(),
+            max_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A participant application, built and ready to run.
+pub struct Participant {
+    engine: Engine,
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    settings: ParticipantSettings,
+}
+
+impl Participant {
+    /// Connects and migrates the database, binds `listener`, and registers health, reflection
+    /// and the reservation service.
+    pub async fn build(
+        listener: TcpListener,
+        settings: ParticipantSettings,
+        unit_prefix: &'static str,
+    ) -> anyhow::Result<Self> {
+        let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
+        let config = EngineConfig { max_ttl: settings.max_ttl, ..EngineConfig::new(unit_prefix) };
+        let engine = Engine::new(db, config);
+        let (mut routes, health) = base_routes()?;
+        routes.add_service(ReservationServiceServer::new(ReservationGrpc::new(engine.clone())));
+        health
+            .set_serving::<ReservationServiceServer<ReservationGrpc>>()
+            .await;
+        Ok(Self { engine, listener, routes, health, settings })
+    }
+
+    /// The engine, for the service's own APIs.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Routes, to add the service's own gRPC services.
+    pub fn routes_mut(&mut self) -> &mut RoutesBuilder {
+        &mut self.routes
+    }
+
+    /// The health reporter, to mark the service's own gRPC services serving.
+    pub fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs the sweeper and the server until `shutdown` completes, then drains and closes the
+    /// database pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sweeper_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let sweeper = tokio::spawn(sweeper::run(
+            self.engine.clone(),
+            self.settings.sweeper.clone(),
+            sweeper_stop,
+        ));
+        tracing::info!(addr = %self.listener.local_addr()?, "serving");
+        let served = serve(self.listener, self.routes, &self.settings.limits, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = sweeper.await;
+        self.engine.db().close().await;
+        served?;
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! `reservation.v1.ReservationService` over an [`Engine`]: validation at the edge, and the one
+//! mapping from engine outcomes to status codes that the orchestrator relies on.
+
+use std::time::Duration;
+
+use order_saga_platform::{db::status_from_db_error, validate_id};
+use order_saga_proto::reservation::v1::{
+    AssignRequest, AssignResponse, ReleaseRequest, ReleaseResponse, ReserveRequest,
+    ReserveResponse, reservation_service_server::ReservationService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{Engine, EngineError};
+
+/// Longest id a client may send.
+pub const MAX_ID_LEN: usize = 64;
+
+impl From<EngineError> for Status {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::UnknownPool(_) | EngineError::UnitNotFound(_) => {
+                Status::not_found(err.to_string())
+            }
+            EngineError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
+            EngineError::Contended(_) => Status::aborted(err.to_string()),
+            EngineError::Released(_) | EngineError::NotHeld(_) => {
+                Status::failed_precondition(err.to_string())
+            }
+            EngineError::PoolExists(_) => Status::already_exists(err.to_string()),
+            EngineError::InvalidArgument(msg) => Status::invalid_argument(msg),
+            EngineError::Db(e) => status_from_db_error(&e, "reservation engine"),
+        }
+    }
+}
+
+/// Converts a Unix-ms timestamp from the database into a protobuf timestamp.
+pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), Status> {
+    validate_id(field, value, MAX_ID_LEN).map_err(Status::invalid_argument)
+}
+
+/// The participant gRPC service, identical for the store and delivery.
+#[derive(Debug, Clone)]
+pub struct ReservationGrpc {
+    engine: Engine,
+}
+
+impl ReservationGrpc {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl ReservationService for ReservationGrpc {
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let req = request.into_inner();
+        check_id("order_id", &req.order_id)?;
+        check_id("pool", &req.pool)?;
+        let ttl = req
+            .ttl
+            .ok_or_else(|| Status::invalid_argument("ttl is required"))
+            .and_then(|d| {
+                Duration::try_from(d).map_err(|_| Status::invalid_argument("ttl must be positive"))
+            })?;
+        let reservation = self.engine.reserve(&req.order_id, &req.pool, ttl).await?;
+        Ok(Response::new(ReserveResponse {
+            unit_id: reservation.unit_id,
+            expires_at: reservation.expires_at_ms.map(timestamp_from_ms),
+        }))
+    }
+
+    async fn assign(
+        &self,
+        request: Request<AssignRequest>,
+    ) -> Result<Response<AssignResponse>, Status> {
+        let req = request.into_inner();
+        check_id("order_id", &req.order_id)?;
+        check_id("unit_id", &req.unit_id)?;
+        self.engine.assign(&req.order_id, &req.unit_id).await?;
+        Ok(Response::new(AssignResponse { unit_id: req.unit_id }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        let req = request.into_inner();
+        check_id("order_id", &req.order_id)?;
+        let freed = self.engine.release(&req.order_id).await?;
+        Ok(Response::new(ReleaseResponse { released_unit_id: freed.unwrap_or_default() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_the_contract_codes() {
+        let code = |e: EngineError| Status::from(e).code();
+        assert_eq!(code(EngineError::Exhausted("p".into())), tonic::Code::ResourceExhausted);
+        assert_eq!(code(EngineError::Contended("p".into())), tonic::Code::Aborted);
+        assert_eq!(code(EngineError::Released("o".into())), tonic::Code::FailedPrecondition);
+        assert_eq!(code(EngineError::NotHeld("x".into())), tonic::Code::FailedPrecondition);
+        assert_eq!(code(EngineError::UnknownPool("p".into())), tonic::Code::NotFound);
+        assert_eq!(code(EngineError::PoolExists("p".into())), tonic::Code::AlreadyExists);
+        assert_eq!(code(EngineError::InvalidArgument("x".into())), tonic::Code::InvalidArgument);
+        let internal = Status::from(EngineError::Db(sqlx::Error::RowNotFound));
+        assert_eq!(internal.code(), tonic::Code::Internal);
+        assert_eq!(internal.message(), "internal error");
+        let down = Status::from(EngineError::Db(sqlx::Error::PoolTimedOut));
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn timestamps_convert_from_millis() {
+        let ts = timestamp_from_ms(1_500);
+        assert_eq!((ts.seconds, ts.nanos), (1, 500_000_000));
+    }
+}

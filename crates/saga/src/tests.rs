@@ -1,0 +1,376 @@
+//! Exhaustive tests: every state the saga can be persisted in, crossed with every event.
+
+use super::*;
+use tonic::Code;
+
+fn legs() -> Vec<Leg> {
+    let mut out = Vec::new();
+    for state in LegState::ALL {
+        match state {
+            LegState::Reserved | LegState::Assigned => {
+                out.push(Leg { state, unit: Some("u-1".into()) });
+            }
+            _ => {
+                out.push(Leg { state, unit: None });
+                out.push(Leg { state, unit: Some("u-1".into()) });
+            }
+        }
+    }
+    out
+}
+
+fn all_states() -> Vec<Saga> {
+    let phases = [
+        Phase::Reserving,
+        Phase::Assigning,
+        Phase::Placed,
+        Phase::Compensating,
+        Phase::NotPlaced,
+    ];
+    let reasons: Vec<Option<Reason>> =
+        std::iter::once(None).chain(Reason::ALL.into_iter().map(Some)).collect();
+    let mut out = Vec::new();
+    for phase in phases {
+        for store in legs() {
+            for delivery in legs() {
+                for &reason in &reasons {
+                    for last_transient in [None, Some(Side::Store), Some(Side::Delivery)] {
+                        out.push(Saga {
+                            phase,
+                            store: store.clone(),
+                            delivery: delivery.clone(),
+                            reason,
+                            last_transient,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn all_events() -> Vec<Event> {
+    let mut out = vec![Event::Resume, Event::RetryDeadlinePassed, Event::ForceFail];
+    for side in Side::BOTH {
+        out.push(Event::Reserved { side, unit: "u-2".into() });
+        out.push(Event::Assigned { side });
+        out.push(Event::Released { side });
+        for call in Call::ALL {
+            out.push(Event::Transient { side, call });
+            for refusal in Refusal::ALL {
+                out.push(Event::Refused { side, call, refusal });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_state_and_event_respects_the_saga_rules() {
+    let states = all_states();
+    let events = all_events();
+    let mut checked = 0usize;
+    for s in &states {
+        for e in &events {
+            let (n, cmds) = s.step(e);
+            checked += 1;
+            let ctx = || format!("state {s:?}\nevent {e:?}\nnext {n:?}\ncommands {cmds:?}");
+
+            // Terminal states never move and never call anyone.
+            if s.phase.is_terminal() {
+                assert_eq!(&n, s, "{}", ctx());
+                assert!(cmds.is_empty(), "{}", ctx());
+                continue;
+            }
+            // Placed only from Assigning, on an assign ack, with both sides assigned.
+            if n.phase == Phase::Placed {
+                assert_eq!(s.phase, Phase::Assigning, "{}", ctx());
+                assert!(matches!(e, Event::Assigned { .. }), "{}", ctx());
+                assert_eq!(n.store.state, LegState::Assigned, "{}", ctx());
+                assert_eq!(n.delivery.state, LegState::Assigned, "{}", ctx());
+                assert!(n.store.unit.is_some() && n.delivery.unit.is_some(), "{}", ctx());
+            }
+            // Not placed only once both sides acknowledged a release.
+            if n.phase == Phase::NotPlaced {
+                assert_eq!(n.store.state, LegState::Released, "{}", ctx());
+                assert_eq!(n.delivery.state, LegState::Released, "{}", ctx());
+                assert!(n.reason.is_some() || s.reason.is_some(), "{}", ctx());
+            }
+            // Once compensating, never forward again.
+            if s.phase == Phase::Compensating {
+                assert!(
+                    matches!(n.phase, Phase::Compensating | Phase::NotPlaced),
+                    "{}",
+                    ctx()
+                );
+            }
+            // Assigning is entered only with both sides reserved.
+            if n.phase == Phase::Assigning && s.phase == Phase::Reserving {
+                assert_eq!(n.store.state, LegState::Reserved, "{}", ctx());
+                assert_eq!(n.delivery.state, LegState::Reserved, "{}", ctx());
+            }
+            // Entering compensation names a reason and releases every side not yet released.
+            if n.phase == Phase::Compensating && s.phase != Phase::Compensating {
+                assert!(n.reason.is_some(), "{}", ctx());
+                for side in Side::BOTH {
+                    if n.leg(side).state != LegState::Released {
+                        assert!(cmds.contains(&Command::Release(side)), "{}", ctx());
+                    }
+                }
+            }
+            // Each command fits the phase it is issued in.
+            for c in &cmds {
+                match c {
+                    Command::Reserve(side) => {
+                        assert_eq!(n.phase, Phase::Reserving, "{}", ctx());
+                        assert_eq!(n.leg(*side).state, LegState::Unknown, "{}", ctx());
+                    }
+                    Command::Assign(side, unit) => {
+                        assert_eq!(n.phase, Phase::Assigning, "{}", ctx());
+                        assert_eq!(n.leg(*side).state, LegState::Reserved, "{}", ctx());
+                        assert_eq!(n.leg(*side).unit.as_ref(), Some(unit), "{}", ctx());
+                    }
+                    Command::Release(side) => {
+                        assert_eq!(n.phase, Phase::Compensating, "{}", ctx());
+                        assert_ne!(n.leg(*side).state, LegState::Released, "{}", ctx());
+                    }
+                }
+            }
+            // Resume changes nothing and asks for exactly the pending calls.
+            if *e == Event::Resume {
+                assert_eq!(&n, s, "{}", ctx());
+                assert_eq!(cmds, s.pending_commands(), "{}", ctx());
+            }
+            // A definitive refusal of the call the phase makes always ends in compensation.
+            if let Event::Refused { side, call, refusal } = e {
+                let live = (s.phase == Phase::Reserving && *call == Call::Reserve)
+                    || (s.phase == Phase::Assigning && *call == Call::Assign);
+                if live {
+                    assert_eq!(n.phase, Phase::Compensating, "{}", ctx());
+                    assert_eq!(
+                        n.reason,
+                        Some(Reason::from_refusal(*side, *call, *refusal)),
+                        "{}",
+                        ctx()
+                    );
+                } else {
+                    assert_eq!(&n, s, "stale refusal must be ignored: {}", ctx());
+                }
+            }
+            // A transient failure of the call the phase makes retries that call, same phase.
+            if let Event::Transient { side, call } = e {
+                let retried: Vec<Command> = match (s.phase, call) {
+                    (Phase::Reserving, Call::Reserve)
+                        if s.leg(*side).state == LegState::Unknown =>
+                    {
+                        vec![Command::Reserve(*side)]
+                    }
+                    (Phase::Assigning, Call::Assign) => s.assign_command(*side).into_iter().collect(),
+                    (Phase::Compensating, Call::Release)
+                        if s.leg(*side).state != LegState::Released =>
+                    {
+                        vec![Command::Release(*side)]
+                    }
+                    _ => Vec::new(),
+                };
+                assert_eq!(cmds, retried, "{}", ctx());
+                assert_eq!(n.phase, s.phase, "{}", ctx());
+            }
+            // The retry deadline and force-fail stop forward progress.
+            if matches!(e, Event::RetryDeadlinePassed | Event::ForceFail)
+                && matches!(s.phase, Phase::Reserving | Phase::Assigning)
+            {
+                assert_eq!(n.phase, Phase::Compensating, "{}", ctx());
+            }
+        }
+    }
+    assert!(checked > 50_000, "only {checked} pairs checked");
+}
+
+/// Drives a saga against scripted participants until no command is left.
+fn run(mut saga: Saga, mut answer: impl FnMut(&Command) -> Event) -> (Saga, Vec<Command>) {
+    let mut log = Vec::new();
+    let (s, mut pending) = saga.step(&Event::Resume);
+    saga = s;
+    let mut guard = 0;
+    while !pending.is_empty() {
+        guard += 1;
+        assert!(guard < 100, "saga did not settle: {saga:?}");
+        let events: Vec<Event> = pending.iter().map(&mut answer).collect();
+        log.append(&mut pending);
+        for e in events {
+            let (s, mut cmds) = saga.step(&e);
+            saga = s;
+            pending.append(&mut cmds);
+        }
+    }
+    (saga, log)
+}
+
+fn ok(c: &Command) -> Event {
+    match c {
+        Command::Reserve(side) => Event::Reserved {
+            side: *side,
+            unit: format!("{}-unit", side.as_str()),
+        },
+        Command::Assign(side, _) => Event::Assigned { side: *side },
+        Command::Release(side) => Event::Released { side: *side },
+    }
+}
+
+#[test]
+fn happy_path_reserves_then_assigns_both() {
+    let (saga, log) = run(Saga::new(), ok);
+    assert_eq!(saga.phase, Phase::Placed);
+    assert_eq!(
+        log,
+        vec![
+            Command::Reserve(Side::Store),
+            Command::Reserve(Side::Delivery),
+            Command::Assign(Side::Store, "store-unit".into()),
+            Command::Assign(Side::Delivery, "delivery-unit".into()),
+        ]
+    );
+}
+
+#[test]
+fn out_of_stock_releases_the_agent_and_is_not_placed() {
+    let (saga, log) = run(Saga::new(), |c| match c {
+        Command::Reserve(Side::Store) => Event::Refused {
+            side: Side::Store,
+            call: Call::Reserve,
+            refusal: Refusal::Exhausted,
+        },
+        other => ok(other),
+    });
+    assert_eq!(saga.phase, Phase::NotPlaced);
+    assert_eq!(saga.reason, Some(Reason::OutOfStock));
+    assert!(log.contains(&Command::Release(Side::Delivery)));
+    assert!(!log.iter().any(|c| matches!(c, Command::Assign(..))));
+}
+
+#[test]
+fn expired_assign_undoes_the_other_assignment() {
+    let (saga, log) = run(Saga::new(), |c| match c {
+        Command::Assign(Side::Delivery, _) => Event::Refused {
+            side: Side::Delivery,
+            call: Call::Assign,
+            refusal: Refusal::NotHeld,
+        },
+        other => ok(other),
+    });
+    assert_eq!(saga.phase, Phase::NotPlaced);
+    assert_eq!(saga.reason, Some(Reason::ReservationExpired));
+    assert!(log.contains(&Command::Release(Side::Store)));
+    assert!(log.contains(&Command::Release(Side::Delivery)));
+}
+
+#[test]
+fn transient_assign_failures_are_retried_until_success() {
+    let mut failures = 3;
+    let (saga, log) = run(Saga::new(), |c| match c {
+        Command::Assign(Side::Store, _) if failures > 0 => {
+            failures -= 1;
+            Event::Transient { side: Side::Store, call: Call::Assign }
+        }
+        other => ok(other),
+    });
+    assert_eq!(saga.phase, Phase::Placed);
+    let store_assigns = log
+        .iter()
+        .filter(|c| matches!(c, Command::Assign(Side::Store, _)))
+        .count();
+    assert_eq!(store_assigns, 4);
+}
+
+#[test]
+fn deadline_during_assign_blames_the_failing_side() {
+    let saga = Saga::new();
+    let (saga, _) = saga.step(&Event::Reserved { side: Side::Store, unit: "p".into() });
+    let (saga, _) = saga.step(&Event::Reserved { side: Side::Delivery, unit: "a".into() });
+    let (saga, _) = saga.step(&Event::Assigned { side: Side::Delivery });
+    let (saga, _) = saga.step(&Event::Transient { side: Side::Store, call: Call::Assign });
+    let (saga, cmds) = saga.step(&Event::RetryDeadlinePassed);
+    assert_eq!(saga.phase, Phase::Compensating);
+    assert_eq!(saga.reason, Some(Reason::StoreUnavailable));
+    assert_eq!(cmds, vec![Command::Release(Side::Store), Command::Release(Side::Delivery)]);
+}
+
+#[test]
+fn a_resumed_saga_continues_where_it_stopped() {
+    let mut saga = Saga::new();
+    saga.store = Leg { state: LegState::Assigned, unit: Some("p".into()) };
+    saga.delivery = Leg { state: LegState::Reserved, unit: Some("a".into()) };
+    saga.phase = Phase::Assigning;
+    assert_eq!(saga.pending_commands(), vec![Command::Assign(Side::Delivery, "a".into())]);
+    let (saga, _) = run(saga, ok);
+    assert_eq!(saga.phase, Phase::Placed);
+}
+
+#[test]
+fn names_round_trip() {
+    for p in [
+        Phase::Reserving,
+        Phase::Assigning,
+        Phase::Placed,
+        Phase::Compensating,
+        Phase::NotPlaced,
+    ] {
+        assert_eq!(Phase::parse(p.as_str()), Some(p));
+    }
+    for l in LegState::ALL {
+        assert_eq!(LegState::parse(l.as_str()), Some(l));
+    }
+    for r in Reason::ALL {
+        assert_eq!(Reason::parse(r.as_str()), Some(r));
+    }
+    assert_eq!(Phase::parse("nope"), None);
+}
+
+#[test]
+fn the_status_contract_is_as_documented() {
+    use Verdict::*;
+    let all = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+    for code in all {
+        // Release never gives up.
+        assert_eq!(classify(Call::Release, code), Transient, "{code:?}");
+        for call in [Call::Reserve, Call::Assign] {
+            let expected = match code {
+                Code::ResourceExhausted => Definitive(Refusal::Exhausted),
+                Code::NotFound => Definitive(Refusal::UnknownPool),
+                Code::FailedPrecondition => Definitive(Refusal::NotHeld),
+                Code::InvalidArgument
+                | Code::AlreadyExists
+                | Code::OutOfRange
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::Unimplemented => Definitive(Refusal::Rejected),
+                _ => Transient,
+            };
+            assert_eq!(classify(call, code), expected, "{call:?} {code:?}");
+        }
+    }
+    // The transport failures the design names are retried.
+    for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Unknown, Code::Aborted] {
+        assert_eq!(classify(Call::Assign, code), Transient);
+    }
+}

@@ -1,0 +1,104 @@
+//! The delivery participant: zones (pools) and their agents (units).
+//!
+//! A thin adapter over the shared reservation engine: it serves
+//! `reservation.v1.ReservationService` (from the engine crate) plus delivery's own availability
+//! (`delivery.v1.DeliveryService`) and fleet administration (`delivery.v1.DeliveryAdminService`).
+
+use order_saga_platform::validate_id;
+use order_saga_proto::delivery::v1::{
+    AddAgentsRequest, CompleteDeliveryRequest, CompleteDeliveryResponse, GetZoneRequest,
+    ListZonesRequest, ListZonesResponse, Zone,
+    delivery_admin_service_server::{DeliveryAdminService, DeliveryAdminServiceServer},
+    delivery_service_server::{DeliveryService, DeliveryServiceServer},
+};
+use order_saga_reservation::{
+    Engine, EngineError, PoolInfo,
+    app::{Participant, ParticipantSettings},
+    grpc::MAX_ID_LEN,
+};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Prefix of agent ids.
+pub const AGENT_PREFIX: &str = "agent";
+
+/// Builds the delivery service on `listener`.
+pub async fn build(listener: TcpListener, settings: ParticipantSettings) -> anyhow::Result<Participant> {
+    let mut app = Participant::build(listener, settings, AGENT_PREFIX).await?;
+    let api = DeliveryApi { engine: app.engine().clone() };
+    app.routes_mut()
+        .add_service(DeliveryServiceServer::new(api.clone()))
+        .add_service(DeliveryAdminServiceServer::new(api));
+    app.health().set_serving::<DeliveryServiceServer<DeliveryApi>>().await;
+    app.health().set_serving::<DeliveryAdminServiceServer<DeliveryApi>>().await;
+    Ok(app)
+}
+
+/// Delivery's availability and admin APIs.
+#[derive(Debug, Clone)]
+pub struct DeliveryApi {
+    engine: Engine,
+}
+
+fn zone(info: PoolInfo) -> Zone {
+    Zone {
+        zone: info.pool,
+        available: info.counts.available,
+        reserved: info.counts.reserved,
+        assigned: info.counts.assigned,
+    }
+}
+
+/// Engine errors in delivery's words: a pool is a zone, a unit an agent.
+fn status(err: EngineError) -> Status {
+    match err {
+        EngineError::UnknownPool(id) => Status::not_found(format!("zone {id:?} not found")),
+        other => other.into(),
+    }
+}
+
+fn check(field: &str, value: &str) -> Result<(), Status> {
+    validate_id(field, value, MAX_ID_LEN).map_err(Status::invalid_argument)
+}
+
+#[tonic::async_trait]
+impl DeliveryService for DeliveryApi {
+    async fn get_zone(&self, request: Request<GetZoneRequest>) -> Result<Response<Zone>, Status> {
+        let req = request.into_inner();
+        check("zone", &req.zone)?;
+        let info = self.engine.pool_info(&req.zone).await.map_err(status)?;
+        Ok(Response::new(zone(info)))
+    }
+
+    async fn list_zones(
+        &self,
+        _request: Request<ListZonesRequest>,
+    ) -> Result<Response<ListZonesResponse>, Status> {
+        let pools = self.engine.list_pools().await.map_err(status)?;
+        Ok(Response::new(ListZonesResponse { zones: pools.into_iter().map(zone).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl DeliveryAdminService for DeliveryApi {
+    async fn add_agents(&self, request: Request<AddAgentsRequest>) -> Result<Response<Zone>, Status> {
+        let req = request.into_inner();
+        check("zone", &req.zone)?;
+        self.engine.ensure_pool(&req.zone, &req.zone).await.map_err(status)?;
+        let info = self.engine.add_units(&req.zone, req.count).await.map_err(status)?;
+        Ok(Response::new(zone(info)))
+    }
+
+    async fn complete_delivery(
+        &self,
+        request: Request<CompleteDeliveryRequest>,
+    ) -> Result<Response<CompleteDeliveryResponse>, Status> {
+        let req = request.into_inner();
+        check("agent_id", &req.agent_id)?;
+        let done = self.engine.finish_assignment(&req.agent_id).await.map_err(status)?;
+        Ok(Response::new(CompleteDeliveryResponse {
+            order_id: done.order_id,
+            agent_id: done.unit_id,
+        }))
+    }
+}

@@ -1,0 +1,21 @@
+//! `delivery`: the delivery participant service. Configuration: `delivery --help`.
+
+use order_saga_platform::{
+    server::shutdown_signal,
+    telemetry::{TelemetryConfig, init_telemetry},
+};
+use order_saga_reservation::app::ParticipantArgs;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = ParticipantArgs::parse_with_env_prefix(
+        "delivery",
+        "DELIVERY",
+        "127.0.0.1:50053",
+        "sqlite://data/delivery.db",
+    );
+    let _telemetry = init_telemetry("delivery", &TelemetryConfig::from_env())?;
+    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+    let app = delivery_service::build(listener, args.settings()).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}

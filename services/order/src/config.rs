@@ -1,0 +1,132 @@
+//! Order service configuration: flags, or environment variables `ORDER_<FLAG>`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use order_saga_platform::{db::DbOptions, parse_duration, server::ServerLimits};
+
+use crate::{orchestrator::SagaConfig, recovery::RecoveryConfig};
+
+/// Flags and environment variables of the `order` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "order", about = "The order-saga orchestrator service", version)]
+pub struct OrderArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+    /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
+    #[arg(long, env = "ORDER_DATABASE_URL", default_value = "sqlite://data/order.db")]
+    pub database_url: String,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "ORDER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Wait for a pooled connection before answering UNAVAILABLE.
+    #[arg(long, env = "ORDER_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+    /// The store service.
+    #[arg(long, env = "ORDER_STORE_URL", default_value = "http://127.0.0.1:50052")]
+    pub store_url: String,
+    /// The delivery service.
+    #[arg(long, env = "ORDER_DELIVERY_URL", default_value = "http://127.0.0.1:50053")]
+    pub delivery_url: String,
+    /// How long reservations are held; also how long transient assign failures are retried.
+    #[arg(long, env = "ORDER_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub reservation_ttl: Duration,
+    /// How long an instance owns a saga between writes before another may take it over.
+    #[arg(long, env = "ORDER_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Timeout of one call to a participant.
+    #[arg(long, env = "ORDER_CALL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub call_timeout: Duration,
+    /// Longest PlaceOrder waits for its saga (a shorter client deadline wins).
+    #[arg(long, env = "ORDER_PLACE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub place_timeout: Duration,
+    /// Pause between recovery claims of abandoned sagas.
+    #[arg(long, env = "ORDER_RECOVERY_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub recovery_interval: Duration,
+    /// Name of this instance in saga leases (default: host name, pid and a random suffix).
+    #[arg(long, env = "ORDER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Longest time a request may run.
+    #[arg(long, env = "ORDER_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests in flight per connection before shedding load.
+    #[arg(long, env = "ORDER_CONCURRENCY_LIMIT", default_value_t = 256)]
+    pub concurrency_limit: usize,
+}
+
+/// Everything the order service needs besides its listener (tests build this directly).
+#[derive(Debug, Clone)]
+pub struct OrderSettings {
+    /// Database URL.
+    pub database_url: String,
+    /// Pool settings.
+    pub db: DbOptions,
+    /// Store URL.
+    pub store_url: String,
+    /// Delivery URL.
+    pub delivery_url: String,
+    /// Saga timing.
+    pub saga: SagaConfig,
+    /// Timeout of one participant call.
+    pub call_timeout: Duration,
+    /// Longest PlaceOrder waits.
+    pub place_timeout: Duration,
+    /// Recovery loop.
+    pub recovery: RecoveryConfig,
+    /// Lease owner name.
+    pub instance_id: String,
+    /// Server limits.
+    pub limits: ServerLimits,
+}
+
+/// A unique default instance name.
+pub fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "order".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+}
+
+impl OrderSettings {
+    /// Defaults for the given database and participants (used by tests and tools).
+    pub fn new(database_url: impl Into<String>, store_url: impl Into<String>, delivery_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            db: DbOptions::default(),
+            store_url: store_url.into(),
+            delivery_url: delivery_url.into(),
+            saga: SagaConfig::default(),
+            call_timeout: Duration::from_secs(2),
+            place_timeout: Duration::from_secs(30),
+            recovery: RecoveryConfig::default(),
+            instance_id: default_instance_id(),
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+impl OrderArgs {
+    /// The settings these flags describe.
+    pub fn settings(&self) -> OrderSettings {
+        let mut s = OrderSettings::new(&self.database_url, &self.store_url, &self.delivery_url);
+        s.db.max_connections = self.db_max_connections;
+        s.db.acquire_timeout = self.db_acquire_timeout;
+        s.saga.reservation_ttl = self.reservation_ttl;
+        s.saga.lease = self.lease;
+        s.call_timeout = self.call_timeout;
+        s.place_timeout = self.place_timeout;
+        s.recovery.interval = self.recovery_interval;
+        if let Some(id) = &self.instance_id {
+            s.instance_id = id.clone();
+        }
+        s.limits = ServerLimits {
+            request_timeout: self.request_timeout,
+            concurrency_limit_per_connection: self.concurrency_limit,
+        };
+        s
+    }
+}

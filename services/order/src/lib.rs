@@ -1,0 +1,117 @@
+//! The order service: the orchestrator of the reserve-then-assign saga.
+//!
+//! - [`repo`]: the orders table, holding each saga's persisted state with a lease.
+//! - [`orchestrator`]: drives the pure state machine of `order-saga-saga` against the store and
+//!   delivery participants, persisting every transition before the next remote call.
+//! - [`grpc`]: the public `OrderService` and the operator `OrderAdminService`.
+//! - [`recovery`]: claims unfinished sagas whose lease ran out (a crashed or stopped instance)
+//!   and finishes them. Any number of instances may share one database.
+
+pub mod config;
+pub mod grpc;
+pub mod orchestrator;
+pub mod recovery;
+pub mod repo;
+
+use std::{future::Future, net::SocketAddr};
+
+use order_saga_platform::{
+    db::Db,
+    server::{base_routes, serve},
+    telemetry::TracePropagation,
+};
+use order_saga_proto::{
+    order::v1::{
+        order_admin_service_server::OrderAdminServiceServer,
+        order_service_server::OrderServiceServer,
+    },
+    reservation::v1::reservation_service_client::ReservationServiceClient,
+};
+use tokio::net::TcpListener;
+use tonic::{service::RoutesBuilder, transport::Endpoint};
+
+pub use config::{OrderArgs, OrderSettings};
+use grpc::{Catalogue, OrderApi};
+use orchestrator::Orchestrator;
+use repo::OrderRepo;
+
+/// The embedded migrations of the order database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A built order service, ready to run.
+pub struct OrderApp {
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    orchestrator: Orchestrator,
+    settings: OrderSettings,
+}
+
+fn channel(url: &str, settings: &OrderSettings) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(settings.call_timeout)
+        .timeout(settings.call_timeout)
+        .tcp_nodelay(true)
+        // Lazy: the order service starts, and answers UNAVAILABLE, while a participant is down.
+        .connect_lazy())
+}
+
+impl OrderApp {
+    /// Connects and migrates the database, prepares participant clients and registers the
+    /// gRPC services on `listener`.
+    pub async fn build(listener: TcpListener, settings: OrderSettings) -> anyhow::Result<Self> {
+        let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
+        let store = channel(&settings.store_url, &settings)?;
+        let delivery = channel(&settings.delivery_url, &settings)?;
+        let orchestrator = Orchestrator::new(
+            OrderRepo::new(db),
+            ReservationServiceClient::with_interceptor(store.clone(), TracePropagation),
+            ReservationServiceClient::with_interceptor(delivery.clone(), TracePropagation),
+            settings.saga.clone(),
+            settings.instance_id.clone(),
+        );
+        let api = OrderApi::new(
+            orchestrator.clone(),
+            Catalogue::new(store, delivery),
+            settings.place_timeout,
+        );
+        let (mut routes, health) = base_routes()?;
+        routes
+            .add_service(OrderServiceServer::new(api.clone()))
+            .add_service(OrderAdminServiceServer::new(api));
+        health.set_serving::<OrderServiceServer<OrderApi>>().await;
+        health.set_serving::<OrderAdminServiceServer<OrderApi>>().await;
+        Ok(Self { listener, routes, orchestrator, settings })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs the server and the recovery loop until `shutdown` completes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let recovery = tokio::spawn(recovery::run(
+            self.orchestrator.clone(),
+            self.settings.recovery.clone(),
+            async move {
+                let mut rx = stop_rx;
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        ));
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            instance = %self.settings.instance_id,
+            "serving"
+        );
+        let served = serve(self.listener, self.routes, &self.settings.limits, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = recovery.await;
+        self.orchestrator.repo().db().close().await;
+        served?;
+        Ok(())
+    }
+}

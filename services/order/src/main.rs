@@ -1,0 +1,17 @@
+//! `order`: the order-saga orchestrator service. Configuration: `order --help`.
+
+use clap::Parser;
+use order_saga_platform::{
+    server::shutdown_signal,
+    telemetry::{TelemetryConfig, init_telemetry},
+};
+use order_service::{OrderApp, OrderArgs};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = OrderArgs::parse();
+    let _telemetry = init_telemetry("order", &TelemetryConfig::from_env())?;
+    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+    let app = OrderApp::build(listener, args.settings()).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}

@@ -1,0 +1,278 @@
+//! Drives sagas: the only place where the pure state machine meets the network and the database.
+//!
+//! The loop is: take the commands the machine asked for, **persist the state first** (fenced on
+//! this instance's lease), make the calls concurrently, classify the answers with the status
+//! contract, feed them back as events, and repeat until the phase is terminal. Transient
+//! failures back off exponentially with full jitter; the retry deadline (the reservation TTL,
+//! counted from when this instance started driving) turns endless forward retries into a
+//! compensation.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use order_saga_platform::telemetry::TracePropagation;
+use order_saga_proto::reservation::v1::{
+    AssignRequest, ReleaseRequest, ReserveRequest,
+    reservation_service_client::ReservationServiceClient,
+};
+use order_saga_saga::{Call, Command, Event, Saga, Side, Verdict, classify};
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::{Status, codegen::InterceptedService, transport::Channel};
+
+use crate::repo::{OrderRecord, OrderRepo, RepoError};
+
+/// A participant client with trace propagation.
+pub type ParticipantClient = ReservationServiceClient<InterceptedService<Channel, TracePropagation>>;
+
+/// Saga timing.
+#[derive(Debug, Clone)]
+pub struct SagaConfig {
+    /// Reservation TTL asked of the participants; also the retry deadline for forward progress.
+    pub reservation_ttl: Duration,
+    /// How long an instance owns a saga between writes; another instance may take over after.
+    pub lease: Duration,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long a request keeps retrying releases before leaving them to the recovery loop.
+    pub compensation_budget: Duration,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        Self {
+            reservation_ttl: Duration::from_secs(30),
+            lease: Duration::from_secs(15),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            compensation_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why driving stopped before the saga was terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// Another instance owns the saga now; it will finish it.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+/// The orchestrator of one order-service instance.
+#[derive(Debug, Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    repo: OrderRepo,
+    store: ParticipantClient,
+    delivery: ParticipantClient,
+    config: SagaConfig,
+    instance: String,
+}
+
+/// One executed command: the event it produced and, for failures, the error text.
+struct Answer {
+    event: Event,
+    error: Option<String>,
+}
+
+impl Orchestrator {
+    /// An orchestrator identified as `instance` (the lease owner name).
+    pub fn new(
+        repo: OrderRepo,
+        store: ParticipantClient,
+        delivery: ParticipantClient,
+        config: SagaConfig,
+        instance: String,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { repo, store, delivery, config, instance }) }
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &OrderRepo {
+        &self.inner.repo
+    }
+
+    /// Saga timing.
+    pub fn config(&self) -> &SagaConfig {
+        &self.inner.config
+    }
+
+    /// This instance's lease-owner name.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Applies `event` (an operator's force-fail) to a saga this instance has leased, persists
+    /// it, then drives the saga.
+    pub async fn apply_and_drive(
+        &self,
+        mut record: OrderRecord,
+        event: Event,
+    ) -> Result<OrderRecord, DriveError> {
+        let (saga, _) = record.saga.step(&event);
+        record.saga = saga;
+        let record = self.persist(&record).await?;
+        self.drive(record).await
+    }
+
+    /// Drives a saga this instance has leased until it is terminal, or until compensation has
+    /// used its budget (the recovery loop finishes it later). Returns the last persisted state.
+    #[tracing::instrument(skip_all, fields(order_id = %record.order_id), err)]
+    pub async fn drive(&self, mut record: OrderRecord) -> Result<OrderRecord, DriveError> {
+        let cfg = &self.inner.config;
+        let started = Instant::now();
+        let retry_deadline = started + cfg.reservation_ttl;
+        let mut compensation_started: Option<Instant> = None;
+        let mut round: u32 = 0;
+        let (_, mut commands) = record.saga.step(&Event::Resume);
+
+        while !commands.is_empty() {
+            fail::fail_point!("order-before-calls");
+            let answers = join_all(commands.iter().map(|c| self.execute(&record, c))).await;
+            fail::fail_point!("order-after-calls");
+
+            let mut saga: Saga = record.saga.clone();
+            let mut next = Vec::new();
+            let mut transient = false;
+            for answer in answers {
+                if matches!(answer.event, Event::Transient { .. }) {
+                    transient = true;
+                    record.attempts += 1;
+                }
+                if let Some(error) = answer.error {
+                    if let Event::Refused { .. } = answer.event {
+                        record.detail.get_or_insert(error.clone());
+                    }
+                    record.last_error = Some(error);
+                }
+                let (s, mut cmds) = saga.step(&answer.event);
+                saga = s;
+                next.append(&mut cmds);
+            }
+            // Forward progress is bounded by the reservations' lifetime.
+            if transient && !saga.phase.is_terminal() && Instant::now() >= retry_deadline {
+                let (s, cmds) = saga.step(&Event::RetryDeadlinePassed);
+                if s.phase != saga.phase {
+                    tracing::warn!(reason = ?s.reason, "retry deadline passed, compensating");
+                    if let Some(error) = &record.last_error {
+                        record.detail.get_or_insert(error.clone());
+                    }
+                    next = cmds;
+                }
+                saga = s;
+            }
+            record.saga = saga;
+            dedup(&mut next);
+
+            fail::fail_point!("order-before-persist");
+            record = self.persist(&record).await?;
+            fail::fail_point!("order-after-persist");
+
+            if record.saga.phase == order_saga_saga::Phase::Compensating {
+                let since = *compensation_started.get_or_insert_with(Instant::now);
+                if transient && since.elapsed() >= cfg.compensation_budget {
+                    tracing::warn!("releases still failing; leaving them to the recovery loop");
+                    return Ok(record);
+                }
+            }
+            if transient {
+                round += 1;
+                tokio::time::sleep(self.backoff(round)).await;
+            }
+            commands = next;
+        }
+        if record.saga.phase.is_terminal() {
+            self.inner.repo.finish(&record.order_id, &self.inner.instance).await?;
+            tracing::info!(phase = record.saga.phase.as_str(), reason = ?record.saga.reason, "saga finished");
+        }
+        Ok(record)
+    }
+
+    async fn persist(&self, record: &OrderRecord) -> Result<OrderRecord, RepoError> {
+        let inner = &self.inner;
+        inner.repo.persist(record, &inner.instance, inner.config.lease).await
+    }
+
+    /// Exponential backoff with full jitter: uniform in [0, min(max, base * 2^round)].
+    fn backoff(&self, round: u32) -> Duration {
+        let cfg = &self.inner.config;
+        let cap = cfg
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(round.min(16)))
+            .min(cfg.backoff_max);
+        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(rand::rng().random_range(0..=cap_ms))
+    }
+
+    fn client(&self, side: Side) -> ParticipantClient {
+        match side {
+            Side::Store => self.inner.store.clone(),
+            Side::Delivery => self.inner.delivery.clone(),
+        }
+    }
+
+    async fn execute(&self, record: &OrderRecord, command: &Command) -> Answer {
+        let side = command.side();
+        let mut client = self.client(side);
+        let order_id = record.order_id.clone();
+        let (call, result) = match command {
+            Command::Reserve(_) => {
+                let pool = match side {
+                    Side::Store => record.request.food_id.clone(),
+                    Side::Delivery => record.request.zone.clone(),
+                };
+                let ttl = prost_types::Duration::try_from(self.inner.config.reservation_ttl).ok();
+                let r = client.reserve(ReserveRequest { order_id, pool, ttl }).await;
+                (Call::Reserve, r.map(|r| Some(r.into_inner().unit_id)))
+            }
+            Command::Assign(_, unit) => {
+                let r = client.assign(AssignRequest { order_id, unit_id: unit.clone() }).await;
+                (Call::Assign, r.map(|_| None))
+            }
+            Command::Release(_) => {
+                let r = client.release(ReleaseRequest { order_id }).await;
+                (Call::Release, r.map(|_| None))
+            }
+        };
+        match result {
+            Ok(unit) => Answer {
+                event: match call {
+                    Call::Reserve => Event::Reserved { side, unit: unit.unwrap_or_default() },
+                    Call::Assign => Event::Assigned { side },
+                    Call::Release => Event::Released { side },
+                },
+                error: None,
+            },
+            Err(status) => answer_for_error(side, call, &status),
+        }
+    }
+}
+
+fn answer_for_error(side: Side, call: Call, status: &Status) -> Answer {
+    let error = format!(
+        "{} {}: {:?}: {}",
+        side.as_str(),
+        call.as_str(),
+        status.code(),
+        status.message()
+    );
+    let event = match classify(call, status.code()) {
+        Verdict::Definitive(refusal) => Event::Refused { side, call, refusal },
+        Verdict::Transient => {
+            tracing::debug!(%error, "transient failure, will retry");
+            Event::Transient { side, call }
+        }
+    };
+    Answer { event, error: Some(error) }
+}
+
+fn dedup(commands: &mut Vec<Command>) {
+    let mut seen = std::collections::HashSet::new();
+    commands.retain(|c| seen.insert(c.clone()));
+}

@@ -1,0 +1,437 @@
+//! The orders table: creation, lease-fenced saga persistence, recovery claims and queries.
+//!
+//! Domain types only: prost types never reach this module.
+
+use std::time::Duration;
+
+use order_saga_platform::db::{Db, is_unique_violation};
+use order_saga_saga::{Leg, LegState, Phase, Reason, Saga, Side};
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
+
+/// The customer-facing state of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderState {
+    /// The saga is running.
+    Pending,
+    /// Packet and agent assigned.
+    Placed,
+    /// Not placed; nothing stays held (releases may still be in flight).
+    NotPlaced,
+}
+
+impl OrderState {
+    /// The state customers see for a saga phase. A compensating saga is already `NotPlaced`:
+    /// the decision is final, only the releases remain.
+    pub fn of(phase: Phase) -> Self {
+        match phase {
+            Phase::Reserving | Phase::Assigning => OrderState::Pending,
+            Phase::Placed => OrderState::Placed,
+            Phase::Compensating | Phase::NotPlaced => OrderState::NotPlaced,
+        }
+    }
+
+    /// Stable name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Pending => "pending",
+            OrderState::Placed => "placed",
+            OrderState::NotPlaced => "not_placed",
+        }
+    }
+}
+
+/// What a customer asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    /// Client idempotency key.
+    pub idempotency_key: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Food (store pool).
+    pub food_id: String,
+    /// Zone (delivery pool).
+    pub zone: String,
+}
+
+/// One order with its saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    /// Server-assigned id.
+    pub order_id: String,
+    /// The request.
+    pub request: NewOrder,
+    /// The saga state.
+    pub saga: Saga,
+    /// Detail of the not-placed reason (a participant's refusal message).
+    pub detail: Option<String>,
+    /// Transient failures so far.
+    pub attempts: i64,
+    /// Last error seen.
+    pub last_error: Option<String>,
+    /// Instance driving the saga.
+    pub lease_owner: Option<String>,
+    /// Lease end (database clock, Unix ms).
+    pub lease_expires_at: Option<i64>,
+    /// Created (Unix ms).
+    pub created_at: i64,
+    /// Last change (Unix ms).
+    pub updated_at: i64,
+}
+
+impl OrderRecord {
+    /// The customer-facing state.
+    pub fn state(&self) -> OrderState {
+        OrderState::of(self.saga.phase)
+    }
+}
+
+/// Repository errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// Another instance took the saga over: this driver must stop.
+    #[error("lease on order {0} was lost to another instance")]
+    LostLease(String),
+    /// A stored value does not parse (a bug or a newer schema).
+    #[error("corrupt order row {0}: {1}")]
+    Corrupt(String, String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Result of inserting an order.
+#[derive(Debug)]
+pub enum Created {
+    /// A new order, leased to the caller.
+    New(OrderRecord),
+    /// The idempotency key exists: the existing order.
+    Existing(OrderRecord),
+}
+
+const COLUMNS: &str = "order_id, idempotency_key, customer_id, food_id, zone, phase, store_leg, \
+    delivery_leg, packet_id, agent_id, reason, detail, last_transient, attempts, last_error, \
+    lease_owner, lease_expires_at, created_at, updated_at";
+
+const UNFINISHED: &str = "phase IN ('reserving', 'assigning', 'compensating')";
+
+#[derive(Debug)]
+struct Queries {
+    insert: String,
+    persist: String,
+    claim_expired: String,
+    claim_one: String,
+    take_over: String,
+    by_id: String,
+    by_key: String,
+    stuck: String,
+    finish_lease: String,
+}
+
+/// The orders repository.
+#[derive(Debug, Clone)]
+pub struct OrderRepo {
+    db: Db,
+    sql: std::sync::Arc<Queries>,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl OrderRepo {
+    /// A repository over a migrated order database.
+    pub fn new(db: Db) -> Self {
+        let sql = Queries {
+            insert: db.sql(&format!(
+                "INSERT INTO orders (order_id, idempotency_key, customer_id, food_id, zone, state, \
+                   phase, store_leg, delivery_leg, attempts, lease_owner, lease_expires_at, \
+                   created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', 'reserving', 'unknown', 'unknown', 0, $6, \
+                   {{now}} + $7, {{now}}, {{now}}) \
+                 RETURNING {COLUMNS}"
+            )),
+            persist: db.sql(&format!(
+                "UPDATE orders SET state = $3, phase = $4, store_leg = $5, delivery_leg = $6, \
+                   packet_id = $7, agent_id = $8, reason = $9, detail = $10, last_transient = $11, \
+                   attempts = $12, last_error = $13, lease_expires_at = {{now}} + $14, \
+                   updated_at = {{now}} \
+                 WHERE order_id = $1 AND lease_owner = $2 \
+                 RETURNING {COLUMNS}"
+            )),
+            claim_expired: db.sql(&format!(
+                "UPDATE orders SET lease_owner = $1, lease_expires_at = {{now}} + $2 \
+                 WHERE order_id IN ( \
+                   SELECT order_id FROM orders \
+                   WHERE {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
+                   ORDER BY lease_expires_at LIMIT $3 {{skip_locked}}) \
+                 AND {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
+                 RETURNING {COLUMNS}"
+            )),
+            claim_one: db.sql(&format!(
+                "UPDATE orders SET lease_owner = $2, lease_expires_at = {{now}} + $3 \
+                 WHERE order_id = $1 AND {UNFINISHED} \
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
+                 RETURNING {COLUMNS}"
+            )),
+            take_over: db.sql(&format!(
+                "UPDATE orders SET lease_owner = $2, lease_expires_at = {{now}} + $3 \
+                 WHERE order_id = $1 AND {UNFINISHED} \
+                 RETURNING {COLUMNS}"
+            )),
+            by_id: format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"),
+            by_key: format!("SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1"),
+            stuck: format!(
+                "SELECT {COLUMNS} FROM orders WHERE {UNFINISHED} ORDER BY created_at, order_id LIMIT $1"
+            ),
+            finish_lease: "UPDATE orders SET lease_expires_at = NULL \
+                 WHERE order_id = $1 AND lease_owner = $2"
+                .to_owned(),
+        };
+        Self { db, sql: std::sync::Arc::new(sql) }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Inserts a new order in `reserving`, leased to `owner` for `lease`. An existing
+    /// idempotency key returns that order instead.
+    #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
+    pub async fn create(
+        &self,
+        order_id: &str,
+        order: &NewOrder,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Created, RepoError> {
+        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert.as_str()))
+            .bind(order_id)
+            .bind(&order.idempotency_key)
+            .bind(&order.customer_id)
+            .bind(&order.food_id)
+            .bind(&order.zone)
+            .bind(owner)
+            .bind(ms(lease))
+            .fetch_one(self.db.pool())
+            .await;
+        match inserted {
+            Ok(row) => Ok(Created::New(decode(&row)?)),
+            Err(e) if is_unique_violation(&e) => match self.by_key(&order.idempotency_key).await? {
+                Some(existing) => Ok(Created::Existing(existing)),
+                // The conflicting row vanished: impossible without deletes; surface it.
+                None => Err(RepoError::Db(e)),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the saga state, fenced on the lease: fails with [`RepoError::LostLease`] when
+    /// another instance took the order over. Renews the lease.
+    #[tracing::instrument(skip_all, fields(order_id = %record.order_id, phase = record.saga.phase.as_str()), err)]
+    pub async fn persist(
+        &self,
+        record: &OrderRecord,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<OrderRecord, RepoError> {
+        let saga = &record.saga;
+        let row = sqlx::query(AssertSqlSafe(self.sql.persist.as_str()))
+            .bind(&record.order_id)
+            .bind(owner)
+            .bind(record.state().as_str())
+            .bind(saga.phase.as_str())
+            .bind(saga.store.state.as_str())
+            .bind(saga.delivery.state.as_str())
+            .bind(saga.store.unit.clone())
+            .bind(saga.delivery.unit.clone())
+            .bind(saga.reason.map(|r| r.as_str()))
+            .bind(record.detail.clone())
+            .bind(saga.last_transient.map(|s| s.as_str()))
+            .bind(record.attempts)
+            .bind(record.last_error.clone())
+            .bind(ms(lease))
+            .fetch_optional(self.db.pool())
+            .await?;
+        match row {
+            Some(row) => decode(&row),
+            None => Err(RepoError::LostLease(record.order_id.clone())),
+        }
+    }
+
+    /// Gives the lease up once the saga is terminal, keeping the owner for the audit trail.
+    pub async fn finish(&self, order_id: &str, owner: &str) -> Result<(), RepoError> {
+        sqlx::query(AssertSqlSafe(self.sql.finish_lease.as_str()))
+            .bind(order_id)
+            .bind(owner)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` unfinished orders whose lease ran out, for `owner`. Atomic: two
+    /// instances never claim the same order.
+    pub async fn claim_expired(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>, RepoError> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.claim_expired.as_str()))
+            .bind(owner)
+            .bind(ms(lease))
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Claims one unfinished order if its lease ran out.
+    pub async fn claim_one(
+        &self,
+        order_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<OrderRecord>, RepoError> {
+        self.claim_with(&self.sql.claim_one, order_id, owner, lease).await
+    }
+
+    /// Takes an unfinished order over regardless of its lease (operator re-drive). The previous
+    /// driver's next write fails on the fence and it stops.
+    pub async fn take_over(
+        &self,
+        order_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<OrderRecord>, RepoError> {
+        self.claim_with(&self.sql.take_over, order_id, owner, lease).await
+    }
+
+    async fn claim_with(
+        &self,
+        sql: &str,
+        order_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<OrderRecord>, RepoError> {
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(order_id)
+            .bind(owner)
+            .bind(ms(lease))
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// One order by id.
+    pub async fn by_id(&self, order_id: &str) -> Result<Option<OrderRecord>, RepoError> {
+        self.one(&self.sql.by_id, order_id).await
+    }
+
+    /// One order by idempotency key.
+    pub async fn by_key(&self, key: &str) -> Result<Option<OrderRecord>, RepoError> {
+        self.one(&self.sql.by_key, key).await
+    }
+
+    async fn one(&self, sql: &str, arg: &str) -> Result<Option<OrderRecord>, RepoError> {
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(arg)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Unfinished sagas, oldest first.
+    pub async fn stuck(&self, limit: i64) -> Result<Vec<OrderRecord>, RepoError> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.stuck.as_str()))
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// A page of orders, newest first, starting after `after` (created_at, order_id).
+    pub async fn list(
+        &self,
+        state: Option<OrderState>,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>, RepoError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM orders WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if state.is_some() {
+            sql.push_str(&format!(" AND state = ${}", next()));
+        }
+        if after.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            sql.push_str(&format!(
+                " AND (created_at < ${a} OR (created_at = ${b} AND order_id < ${c}))"
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, order_id DESC LIMIT ${}",
+            next()
+        ));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        if let Some((created_at, order_id)) = after {
+            query = query.bind(created_at).bind(created_at).bind(order_id);
+        }
+        let rows = query.bind(limit).fetch_all(self.db.pool()).await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<OrderRecord, RepoError> {
+    let order_id: String = row.try_get("order_id")?;
+    let corrupt = |what: &str| RepoError::Corrupt(order_id.clone(), what.to_owned());
+    let phase: String = row.try_get("phase")?;
+    let store_leg: String = row.try_get("store_leg")?;
+    let delivery_leg: String = row.try_get("delivery_leg")?;
+    let reason: Option<String> = row.try_get("reason")?;
+    let last_transient: Option<String> = row.try_get("last_transient")?;
+    let saga = Saga {
+        phase: Phase::parse(&phase).ok_or_else(|| corrupt("phase"))?,
+        store: Leg {
+            state: LegState::parse(&store_leg).ok_or_else(|| corrupt("store_leg"))?,
+            unit: row.try_get("packet_id")?,
+        },
+        delivery: Leg {
+            state: LegState::parse(&delivery_leg).ok_or_else(|| corrupt("delivery_leg"))?,
+            unit: row.try_get("agent_id")?,
+        },
+        reason: match reason {
+            Some(r) => Some(Reason::parse(&r).ok_or_else(|| corrupt("reason"))?),
+            None => None,
+        },
+        last_transient: match last_transient.as_deref() {
+            None => None,
+            Some("store") => Some(Side::Store),
+            Some("delivery") => Some(Side::Delivery),
+            Some(_) => return Err(corrupt("last_transient")),
+        },
+    };
+    Ok(OrderRecord {
+        request: NewOrder {
+            idempotency_key: row.try_get("idempotency_key")?,
+            customer_id: row.try_get("customer_id")?,
+            food_id: row.try_get("food_id")?,
+            zone: row.try_get("zone")?,
+        },
+        saga,
+        detail: row.try_get("detail")?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        order_id,
+    })
+}

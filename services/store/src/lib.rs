@@ -1,0 +1,108 @@
+//! The store participant: foods (pools) and their packets (units).
+//!
+//! A thin adapter over the shared reservation engine: it serves
+//! `reservation.v1.ReservationService` (from the engine crate) plus the store's own catalogue
+//! (`store.v1.StoreService`) and administration (`store.v1.StoreAdminService`).
+
+use order_saga_platform::validate_id;
+use order_saga_proto::store::v1::{
+    CreateFoodRequest, Food, GetFoodRequest, ListFoodsRequest, ListFoodsResponse, RestockRequest,
+    store_admin_service_server::{StoreAdminService, StoreAdminServiceServer},
+    store_service_server::{StoreService, StoreServiceServer},
+};
+use order_saga_reservation::{
+    Engine, EngineError, PoolInfo,
+    app::{Participant, ParticipantSettings},
+    grpc::{MAX_ID_LEN, timestamp_from_ms},
+};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Prefix of packet ids.
+pub const PACKET_PREFIX: &str = "pkt";
+
+/// Longest food name.
+const MAX_NAME_LEN: usize = 200;
+
+/// Builds the store on `listener`.
+pub async fn build(listener: TcpListener, settings: ParticipantSettings) -> anyhow::Result<Participant> {
+    let mut app = Participant::build(listener, settings, PACKET_PREFIX).await?;
+    let api = StoreApi { engine: app.engine().clone() };
+    app.routes_mut()
+        .add_service(StoreServiceServer::new(api.clone()))
+        .add_service(StoreAdminServiceServer::new(api));
+    app.health().set_serving::<StoreServiceServer<StoreApi>>().await;
+    app.health().set_serving::<StoreAdminServiceServer<StoreApi>>().await;
+    Ok(app)
+}
+
+/// The store's catalogue and admin APIs.
+#[derive(Debug, Clone)]
+pub struct StoreApi {
+    engine: Engine,
+}
+
+fn food(info: PoolInfo) -> Food {
+    Food {
+        food_id: info.pool,
+        name: info.name,
+        available: info.counts.available,
+        reserved: info.counts.reserved,
+        assigned: info.counts.assigned,
+        created_at: Some(timestamp_from_ms(info.created_at_ms)),
+    }
+}
+
+/// Engine errors in the store's words: a pool is a food.
+fn status(err: EngineError) -> Status {
+    match err {
+        EngineError::UnknownPool(id) => Status::not_found(format!("food_id {id:?} not found")),
+        EngineError::PoolExists(id) => Status::already_exists(format!("food_id {id:?} already exists")),
+        other => other.into(),
+    }
+}
+
+fn check_food_id(id: &str) -> Result<(), Status> {
+    validate_id("food_id", id, MAX_ID_LEN).map_err(Status::invalid_argument)
+}
+
+#[tonic::async_trait]
+impl StoreService for StoreApi {
+    async fn get_food(&self, request: Request<GetFoodRequest>) -> Result<Response<Food>, Status> {
+        let req = request.into_inner();
+        check_food_id(&req.food_id)?;
+        let info = self.engine.pool_info(&req.food_id).await.map_err(status)?;
+        Ok(Response::new(food(info)))
+    }
+
+    async fn list_foods(
+        &self,
+        _request: Request<ListFoodsRequest>,
+    ) -> Result<Response<ListFoodsResponse>, Status> {
+        let pools = self.engine.list_pools().await.map_err(status)?;
+        Ok(Response::new(ListFoodsResponse { foods: pools.into_iter().map(food).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl StoreAdminService for StoreApi {
+    async fn create_food(&self, request: Request<CreateFoodRequest>) -> Result<Response<Food>, Status> {
+        let req = request.into_inner();
+        check_food_id(&req.food_id)?;
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+            return Err(Status::invalid_argument(format!(
+                "name must be 1 to {MAX_NAME_LEN} characters"
+            )));
+        }
+        let info = self.engine.create_pool(&req.food_id, name).await.map_err(status)?;
+        Ok(Response::new(food(info)))
+    }
+
+    async fn restock(&self, request: Request<RestockRequest>) -> Result<Response<Food>, Status> {
+        let req = request.into_inner();
+        check_food_id(&req.food_id)?;
+        let info = self.engine.add_units(&req.food_id, req.count).await.map_err(status)?;
+        Ok(Response::new(food(info)))
+    }
+}

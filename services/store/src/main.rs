@@ -1,0 +1,21 @@
+//! `store`: the store participant service. Configuration: `store --help`.
+
+use order_saga_platform::{
+    server::shutdown_signal,
+    telemetry::{TelemetryConfig, init_telemetry},
+};
+use order_saga_reservation::app::ParticipantArgs;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = ParticipantArgs::parse_with_env_prefix(
+        "store",
+        "STORE",
+        "127.0.0.1:50052",
+        "sqlite://data/store.db",
+    );
+    let _telemetry = init_telemetry("store", &TelemetryConfig::from_env())?;
+    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+    let app = store_service::build(listener, args.settings()).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}

@@ -1,0 +1,452 @@
+//! End-to-end test support: a whole order-saga cluster in one test process, each service on
+//! port 0 with its own fresh database, and the invariant checker of DESIGN.md that reads all
+//! three databases directly.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Mutex,
+    time::Duration,
+};
+
+use order_saga_platform::{
+    db::{Db, DbOptions},
+    testing::{TestBackend, fresh_database_url},
+};
+use order_saga_proto::{
+    delivery::v1::{AddAgentsRequest, delivery_admin_service_client::DeliveryAdminServiceClient},
+    order::v1::{
+        Order, PlaceOrderRequest, order_admin_service_client::OrderAdminServiceClient,
+        order_service_client::OrderServiceClient,
+    },
+    reservation::v1::reservation_service_client::ReservationServiceClient,
+    store::v1::{
+        CreateFoodRequest, RestockRequest, store_admin_service_client::StoreAdminServiceClient,
+        store_service_client::StoreServiceClient,
+    },
+};
+use order_saga_reservation::app::ParticipantSettings;
+use order_service::OrderSettings;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub use order_saga_platform::testing::TestBackend as Backend;
+
+/// Timing of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Reservation TTL the orchestrator asks for.
+    pub reservation_ttl: Duration,
+    /// Sweeper interval of both participants.
+    pub sweep_interval: Duration,
+    /// Recovery interval of the order service.
+    pub recovery_interval: Duration,
+    /// Saga lease.
+    pub lease: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            reservation_ttl: Duration::from_secs(30),
+            sweep_interval: Duration::from_millis(100),
+            recovery_interval: Duration::from_millis(100),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Database URLs of a cluster.
+#[derive(Debug, Clone)]
+pub struct DbUrls {
+    /// Order database.
+    pub order: String,
+    /// Store database.
+    pub store: String,
+    /// Delivery database.
+    pub delivery: String,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// Backend of all three databases.
+    pub backend: TestBackend,
+    /// Order service address.
+    pub order_addr: SocketAddr,
+    /// Store address.
+    pub store_addr: SocketAddr,
+    /// Delivery address.
+    pub delivery_addr: SocketAddr,
+    /// Database URLs.
+    pub urls: DbUrls,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Units added per pool, for the conservation invariant: (service, pool) -> count.
+    stock: Mutex<HashMap<(&'static str, String), i64>>,
+}
+
+fn stop_signal() -> (oneshot::Sender<()>, impl std::future::Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+impl Cluster {
+    /// Starts store, delivery and order on fresh databases of `backend`.
+    pub async fn start(backend: TestBackend, options: ClusterOptions) -> Self {
+        order_saga_platform::telemetry::init_test_logging();
+        let urls = DbUrls {
+            order: fresh_database_url(backend, "order").await,
+            store: fresh_database_url(backend, "store").await,
+            delivery: fresh_database_url(backend, "delivery").await,
+        };
+        let mut stops = Vec::new();
+        let mut tasks = Vec::new();
+
+        let participant = |url: &str| {
+            let mut s = ParticipantSettings::for_database(url);
+            s.sweeper.interval = options.sweep_interval;
+            s
+        };
+        let store = store_service::build(bind().await, participant(&urls.store))
+            .await
+            .expect("build store");
+        let store_addr = store.local_addr().expect("addr");
+        let (tx, stop) = stop_signal();
+        stops.push(tx);
+        tasks.push(tokio::spawn(store.run_until_stopped(stop)));
+
+        let delivery = delivery_service::build(bind().await, participant(&urls.delivery))
+            .await
+            .expect("build delivery");
+        let delivery_addr = delivery.local_addr().expect("addr");
+        let (tx, stop) = stop_signal();
+        stops.push(tx);
+        tasks.push(tokio::spawn(delivery.run_until_stopped(stop)));
+
+        let mut settings = OrderSettings::new(
+            &urls.order,
+            format!("http://{store_addr}"),
+            format!("http://{delivery_addr}"),
+        );
+        settings.saga.reservation_ttl = options.reservation_ttl;
+        settings.saga.lease = options.lease;
+        settings.recovery.interval = options.recovery_interval;
+        let order = order_service::OrderApp::build(bind().await, settings)
+            .await
+            .expect("build order");
+        let order_addr = order.local_addr().expect("addr");
+        let (tx, stop) = stop_signal();
+        stops.push(tx);
+        tasks.push(tokio::spawn(order.run_until_stopped(stop)));
+
+        Self {
+            backend,
+            order_addr,
+            store_addr,
+            delivery_addr,
+            urls,
+            stops,
+            tasks,
+            stock: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stops every service gracefully and checks they shut down cleanly.
+    pub async fn stop(mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            task.await.expect("service task").expect("service stopped cleanly");
+        }
+    }
+
+    /// An order client.
+    pub async fn orders(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::new(channel(self.order_addr).await)
+    }
+
+    /// An order admin client.
+    pub async fn order_admin(&self) -> OrderAdminServiceClient<Channel> {
+        OrderAdminServiceClient::new(channel(self.order_addr).await)
+    }
+
+    /// A store catalogue client.
+    pub async fn store(&self) -> StoreServiceClient<Channel> {
+        StoreServiceClient::new(channel(self.store_addr).await)
+    }
+
+    /// The store's participant client (as the orchestrator uses it).
+    pub async fn store_reservations(&self) -> ReservationServiceClient<Channel> {
+        ReservationServiceClient::new(channel(self.store_addr).await)
+    }
+
+    /// Delivery's participant client.
+    pub async fn delivery_reservations(&self) -> ReservationServiceClient<Channel> {
+        ReservationServiceClient::new(channel(self.delivery_addr).await)
+    }
+
+    /// Creates a food with `packets` packets.
+    pub async fn add_food(&self, food_id: &str, packets: i64) {
+        let mut admin = StoreAdminServiceClient::new(channel(self.store_addr).await);
+        admin
+            .create_food(CreateFoodRequest { food_id: food_id.into(), name: food_id.into() })
+            .await
+            .expect("create food");
+        if packets > 0 {
+            admin
+                .restock(RestockRequest { food_id: food_id.into(), count: packets })
+                .await
+                .expect("restock");
+        }
+        self.stock.lock().expect("stock").insert(("store", food_id.into()), packets);
+    }
+
+    /// Adds `agents` agents to a zone.
+    pub async fn add_agents(&self, zone: &str, agents: i64) {
+        let mut admin = DeliveryAdminServiceClient::new(channel(self.delivery_addr).await);
+        admin
+            .add_agents(AddAgentsRequest { zone: zone.into(), count: agents })
+            .await
+            .expect("add agents");
+        *self
+            .stock
+            .lock()
+            .expect("stock")
+            .entry(("delivery", zone.into()))
+            .or_default() += agents;
+    }
+
+    /// Places one order.
+    pub async fn place(&self, key: &str, food: &str, zone: &str) -> Result<Order, tonic::Status> {
+        let mut client = self.orders().await;
+        client
+            .place_order(PlaceOrderRequest {
+                idempotency_key: key.into(),
+                customer_id: "tester".into(),
+                food_id: food.into(),
+                zone: zone.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn db(url: &str) -> Db {
+        Db::connect(url, &DbOptions::default(), &order_saga_reservation::MIGRATOR)
+            .await
+            .expect("connect for checking")
+    }
+
+    /// Opens the order database (already migrated by the service).
+    pub async fn order_db(&self) -> Db {
+        Db::connect(&self.urls.order, &DbOptions::default(), &order_service::MIGRATOR)
+            .await
+            .expect("connect order db")
+    }
+
+    /// Reads the three databases and returns every violated invariant of DESIGN.md.
+    /// With `quiet`, also checks invariant 3 (nothing held by unplaced orders, all terminal).
+    pub async fn violations(&self, quiet: bool) -> Vec<String> {
+        let order_db = self.order_db().await;
+        let orders: Vec<(String, String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT order_id, phase, packet_id, agent_id FROM orders")
+                .fetch_all(order_db.pool())
+                .await
+                .expect("read orders");
+        let mut v = Vec::new();
+        let placed: HashMap<&str, (&str, &str)> = orders
+            .iter()
+            .filter(|o| o.1 == "placed")
+            .map(|o| {
+                (
+                    o.0.as_str(),
+                    (o.2.as_deref().unwrap_or(""), o.3.as_deref().unwrap_or("")),
+                )
+            })
+            .collect();
+
+        for (service, url, pick) in [
+            ("store", &self.urls.store, 0usize),
+            ("delivery", &self.urls.delivery, 1usize),
+        ] {
+            let db = Self::db(url).await;
+            let sql = db.sql(
+                "SELECT unit_id, pool, status, order_id, \
+                   CASE WHEN status = 'reserved' AND expires_at <= {now} THEN 'expired' ELSE 'live' END \
+                 FROM units",
+            );
+            let units: Vec<(String, String, String, Option<String>, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(db.pool())
+                    .await
+                    .expect("read units");
+            // 1. No order holds two units of one participant; a unit has one holder by schema.
+            let mut holders = HashSet::new();
+            for u in &units {
+                if let Some(order) = &u.3 {
+                    if !holders.insert(order.clone()) {
+                        v.push(format!("inv1: order {order} holds two {service} units"));
+                    }
+                }
+            }
+            let by_id: HashMap<&str, &(String, String, String, Option<String>, String)> =
+                units.iter().map(|u| (u.0.as_str(), u)).collect();
+            // 2. Every placed order's unit is assigned to it.
+            for (order, ids) in &placed {
+                let unit = if pick == 0 { ids.0 } else { ids.1 };
+                match by_id.get(unit) {
+                    Some(u) if u.2 == "assigned" && u.3.as_deref() == Some(order) => {}
+                    Some(u) => v.push(format!(
+                        "inv2: placed order {order}: {service} unit {unit} is {} for {:?}",
+                        u.2, u.3
+                    )),
+                    None => v.push(format!("inv2: placed order {order}: no {service} unit {unit:?}")),
+                }
+            }
+            // 3. Once quiet, nothing is held for an order that is not placed.
+            if quiet {
+                for u in &units {
+                    if let Some(order) = &u.3 {
+                        let live_reservation = u.2 == "reserved" && u.4 == "live";
+                        if !placed.contains_key(order.as_str()) && (u.2 == "assigned" || live_reservation) {
+                            v.push(format!(
+                                "inv3: {service} unit {} is {} for order {order}, which is not placed",
+                                u.0, u.2
+                            ));
+                        }
+                    }
+                }
+            }
+            // 4. Units are conserved per pool.
+            let mut counted: HashMap<String, i64> = HashMap::new();
+            for u in &units {
+                *counted.entry(u.1.clone()).or_default() += 1;
+            }
+            for ((svc, pool), added) in self.stock.lock().expect("stock").iter() {
+                if *svc == service && counted.get(pool).copied().unwrap_or(0) != *added {
+                    v.push(format!(
+                        "inv4: {service} pool {pool}: {} units, {added} added",
+                        counted.get(pool).copied().unwrap_or(0)
+                    ));
+                }
+            }
+            db.close().await;
+        }
+        // 1 (cross-order view): no packet or agent on two placed orders.
+        let packets: HashSet<&str> = placed.values().map(|p| p.0).collect();
+        let agents: HashSet<&str> = placed.values().map(|p| p.1).collect();
+        if packets.len() != placed.len() || agents.len() != placed.len() {
+            v.push("inv1: a packet or an agent is on two placed orders".into());
+        }
+        if quiet {
+            for o in &orders {
+                if !matches!(o.1.as_str(), "placed" | "not_placed") {
+                    v.push(format!("inv3: order {} is still {}", o.0, o.1));
+                }
+            }
+        }
+        // 5. One idempotency key, one order.
+        let dup: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT idempotency_key, COUNT(*) FROM orders GROUP BY idempotency_key HAVING COUNT(*) > 1",
+        )
+        .fetch_all(order_db.pool())
+        .await
+        .expect("read keys");
+        for (key, n) in dup {
+            v.push(format!("inv5: idempotency key {key} has {n} orders"));
+        }
+        order_db.close().await;
+        v
+    }
+
+    /// Waits until the system is quiet and invariants 1-5 hold, or panics with the violations.
+    pub async fn assert_invariants_when_quiet(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let v = self.violations(true).await;
+            if v.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("invariants violated after {within:?}:\n{}", v.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts invariants 1, 2, 4 and 5, which hold at every instant.
+    pub async fn assert_invariants_now(&self) {
+        let v = self.violations(false).await;
+        assert!(v.is_empty(), "invariants violated:\n{}", v.join("\n"));
+    }
+
+    /// Polls `GetOrder` until the order is no longer pending.
+    pub async fn wait_terminal(&self, order_id: &str, within: Duration) -> Order {
+        let mut client = self.orders().await;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let order = client
+                .get_order(order_saga_proto::order::v1::GetOrderRequest { order_id: order_id.into() })
+                .await
+                .expect("get order")
+                .into_inner();
+            if order.state != order_saga_proto::order::v1::OrderState::Pending as i32 {
+                return order;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "order {order_id} still pending");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes an order row as a crashed instance would have left it: `phase` with the given
+    /// units, leased to a dead instance whose lease has run out.
+    pub async fn insert_abandoned_order(
+        &self,
+        order_id: &str,
+        food: &str,
+        zone: &str,
+        phase: &str,
+        legs: (&str, &str),
+        units: (Option<&str>, Option<&str>),
+    ) {
+        let db = self.order_db().await;
+        sqlx::query(
+            "INSERT INTO orders (order_id, idempotency_key, customer_id, food_id, zone, state, phase, \
+               store_leg, delivery_leg, packet_id, agent_id, attempts, lease_owner, lease_expires_at, \
+               created_at, updated_at) \
+             VALUES ($1, $2, 'tester', $3, $4, 'pending', $5, $6, $7, $8, $9, 0, 'dead-instance', 0, 0, 0)",
+        )
+        .bind(order_id)
+        .bind(format!("key-{order_id}"))
+        .bind(food)
+        .bind(zone)
+        .bind(phase)
+        .bind(legs.0)
+        .bind(legs.1)
+        .bind(units.0)
+        .bind(units.1)
+        .execute(db.pool())
+        .await
+        .expect("insert abandoned order");
+        db.close().await;
+    }
+}
+
+/// Converts a duration to the protobuf type.
+pub fn pb_duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
+}
