@@ -17,7 +17,7 @@ test: test-rust walkthrough
 
 ## Rust unit, integration and end-to-end tests; PostgreSQL is found or started by the wrapper.
 test-rust:
-	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets -- --test-threads=8
+	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets -- --test-threads=6
 
 ## Run the README's grpcurl session against a fresh `make run` cluster.
 walkthrough: build
@@ -30,6 +30,19 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Start the docker compose cluster (PostgreSQL + the three services) on ports 50051-50053.
+## Builds local stand-in images when no image registry is reachable.
+compose-up: build
+	BIN_DIR=$(BIN_DIR) bash deploy/compose.sh up
+
+## Stop the compose cluster (`make compose-down ARGS=-v` also deletes the database volume).
+compose-down:
+	bash deploy/compose.sh down $(ARGS)
+
+## Bring up a throwaway compose cluster, run the walkthrough, load and kill tests, tear down.
+compose-smoke: build
+	BIN_DIR=$(BIN_DIR) bash deploy/compose-smoke.sh
 
 ## Remove the local cluster's SQLite databases and logs.
 clean-data:

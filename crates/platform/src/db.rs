@@ -150,7 +150,11 @@ impl Db {
         Ok(db)
     }
 
-    async fn try_connect(url: &str, backend: Backend, options: &DbOptions) -> Result<Self, DbError> {
+    async fn try_connect(
+        url: &str,
+        backend: Backend,
+        options: &DbOptions,
+    ) -> Result<Self, DbError> {
         let url = match backend {
             Backend::Postgres => {
                 ensure_postgres_database(url).await?;
@@ -210,12 +214,11 @@ fn sqlite_url(url: &str) -> Result<String, sqlx::Error> {
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" {
-        if let Some(parent) = std::path::Path::new(path).parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)?;
-            }
-        }
+    if path != ":memory:"
+        && let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
     }
     let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     if !params.iter().any(|p| p.starts_with("mode=")) {
@@ -314,8 +317,14 @@ mod tests {
 
     #[test]
     fn backend_is_detected_from_url() {
-        assert_eq!(Backend::from_url("postgres://x/y").ok(), Some(Backend::Postgres));
-        assert_eq!(Backend::from_url("sqlite://data/a.db").ok(), Some(Backend::Sqlite));
+        assert_eq!(
+            Backend::from_url("postgres://x/y").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("sqlite://data/a.db").ok(),
+            Some(Backend::Sqlite)
+        );
         assert!(Backend::from_url("mysql://x").is_err());
     }
 

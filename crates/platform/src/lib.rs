@@ -48,7 +48,11 @@ mod tests {
     #[test]
     fn ids_are_checked_by_length_and_alphabet() {
         assert!(validate_id("food_id", "margherita-1", 64).is_ok());
-        assert!(validate_id("food_id", "", 64).unwrap_err().contains("food_id"));
+        assert!(
+            validate_id("food_id", "", 64)
+                .expect_err("empty id")
+                .contains("food_id")
+        );
         assert!(validate_id("food_id", &"x".repeat(65), 64).is_err());
         assert!(validate_id("food_id", "drop table;", 64).is_err());
     }

@@ -41,8 +41,9 @@ pub async fn fresh_database_url(backend: TestBackend, label: &str) -> String {
         }
         TestBackend::Postgres => {
             let admin_url = postgres_admin_url();
-            let options = PgConnectOptions::from_str(&admin_url)
-                .unwrap_or_else(|e| panic!("DATABASE_URL {admin_url:?} is not a PostgreSQL URL: {e}"));
+            let options = PgConnectOptions::from_str(&admin_url).unwrap_or_else(|e| {
+                panic!("DATABASE_URL {admin_url:?} is not a PostgreSQL URL: {e}")
+            });
             let mut conn = options.clone().connect().await.unwrap_or_else(|e| {
                 panic!(
                     "PostgreSQL is required for the test suite and is not reachable at \

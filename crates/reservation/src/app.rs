@@ -78,7 +78,10 @@ impl ParticipantArgs {
                 acquire_timeout: self.db_acquire_timeout,
                 ..DbOptions::default()
             },
-            sweeper: SweeperConfig { interval: self.sweep_interval, ..SweeperConfig::default() },
+            sweeper: SweeperConfig {
+                interval: self.sweep_interval,
+                ..SweeperConfig::default()
+            },
             limits: ServerLimits {
                 request_timeout: self.request_timeout,
                 concurrency_limit_per_connection: self.concurrency_limit,
@@ -134,14 +137,25 @@ impl Participant {
         unit_prefix: &'static str,
     ) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
-        let config = EngineConfig { max_ttl: settings.max_ttl, ..EngineConfig::new(unit_prefix) };
+        let config = EngineConfig {
+            max_ttl: settings.max_ttl,
+            ..EngineConfig::new(unit_prefix)
+        };
         let engine = Engine::new(db, config);
         let (mut routes, health) = base_routes()?;
-        routes.add_service(ReservationServiceServer::new(ReservationGrpc::new(engine.clone())));
+        routes.add_service(ReservationServiceServer::new(ReservationGrpc::new(
+            engine.clone(),
+        )));
         health
             .set_serving::<ReservationServiceServer<ReservationGrpc>>()
             .await;
-        Ok(Self { engine, listener, routes, health, settings })
+        Ok(Self {
+            engine,
+            listener,
+            routes,
+            health,
+            settings,
+        })
     }
 
     /// The engine, for the service's own APIs.

@@ -181,9 +181,7 @@ impl Queries {
                    AND (status = 'assigned' OR (status = 'reserved' AND expires_at > {now})) \
                  RETURNING unit_id",
             ),
-            unit_state: db.sql(
-                "SELECT pool, status, order_id, expires_at, {now} FROM units WHERE unit_id = $1",
-            ),
+            unit_state: db.sql("SELECT order_id, expires_at, {now} FROM units WHERE unit_id = $1"),
             tombstone: db.sql(
                 "INSERT INTO claims (order_id, released_at, created_at) VALUES ($1, {now}, {now}) \
                  ON CONFLICT (order_id) DO UPDATE \
@@ -210,7 +208,8 @@ impl Queries {
             list_pools: db.sql(&format!(
                 "{counts} GROUP BY p.pool, p.name, p.created_at ORDER BY p.pool"
             )),
-            insert_pool: db.sql("INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now})"),
+            insert_pool: db
+                .sql("INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now})"),
             insert_pool_if_missing: db.sql(
                 "INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now}) \
                  ON CONFLICT (pool) DO NOTHING",
@@ -235,12 +234,18 @@ pub struct Engine {
 
 type CountsRow = (String, String, i64, i64, i64, i64);
 
-fn pool_info_from_row((pool, name, created_at_ms, available, reserved, assigned): CountsRow) -> PoolInfo {
+fn pool_info_from_row(
+    (pool, name, created_at_ms, available, reserved, assigned): CountsRow,
+) -> PoolInfo {
     PoolInfo {
         pool,
         name,
         created_at_ms,
-        counts: PoolCounts { available, reserved, assigned },
+        counts: PoolCounts {
+            available,
+            reserved,
+            assigned,
+        },
     }
 }
 
@@ -298,7 +303,12 @@ impl Engine {
         Err(EngineError::Contended(pool.to_owned()))
     }
 
-    async fn try_reserve(&self, order_id: &str, pool: &str, ttl_ms: i64) -> Result<Claim, EngineError> {
+    async fn try_reserve(
+        &self,
+        order_id: &str,
+        pool: &str,
+        ttl_ms: i64,
+    ) -> Result<Claim, EngineError> {
         let sql = &self.sql;
         let mut tx = self.db.pool().begin().await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT pool FROM pools WHERE pool = $1")
@@ -321,12 +331,11 @@ impl Engine {
         if released.is_some() {
             return Err(EngineError::Released(order_id.to_owned()));
         }
-        let held: Option<(String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT unit_id, pool, expires_at FROM units WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let held: Option<(String, String, Option<i64>)> =
+            sqlx::query_as("SELECT unit_id, pool, expires_at FROM units WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some((unit_id, held_pool, expires_at_ms)) = held {
             tx.commit().await?;
             if held_pool != pool {
@@ -334,7 +343,10 @@ impl Engine {
                     "order {order_id:?} already holds a unit of pool {held_pool:?}"
                 )));
             }
-            return Ok(Claim::Claimed(Reservation { unit_id, expires_at_ms }));
+            return Ok(Claim::Claimed(Reservation {
+                unit_id,
+                expires_at_ms,
+            }));
         }
         fail::fail_point!("participant-reserve-before-claim");
         let claimed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql.claim_unit.as_str()))
@@ -348,7 +360,10 @@ impl Engine {
                 fail::fail_point!("participant-reserve-before-commit");
                 tx.commit().await?;
                 fail::fail_point!("participant-reserve-after-commit");
-                Ok(Claim::Claimed(Reservation { unit_id, expires_at_ms: Some(expires_at) }))
+                Ok(Claim::Claimed(Reservation {
+                    unit_id,
+                    expires_at_ms: Some(expires_at),
+                }))
             }
             None => {
                 tx.rollback().await?;
@@ -374,14 +389,14 @@ impl Engine {
             return Ok(());
         }
         // Refused: say why, from one more read (the refusal itself was atomic).
-        let state: Option<(String, String, Option<String>, Option<i64>, i64)> =
+        let state: Option<(Option<String>, Option<i64>, i64)> =
             sqlx::query_as(AssertSqlSafe(self.sql.unit_state.as_str()))
                 .bind(unit_id)
                 .fetch_optional(self.db.pool())
                 .await?;
         let why = match state {
             None => format!("unit {unit_id:?} does not exist"),
-            Some((_, _, holder, expires, now)) if holder.as_deref() == Some(order_id) => {
+            Some((holder, expires, now)) if holder.as_deref() == Some(order_id) => {
                 if expires.is_some_and(|e| e <= now) {
                     format!("reservation of {unit_id:?} expired")
                 } else {
@@ -405,10 +420,11 @@ impl Engine {
             .bind(order_id)
             .execute(&mut *tx)
             .await?;
-        let freed: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.release_units.as_str()))
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let freed: Option<String> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.release_units.as_str()))
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         fail::fail_point!("participant-release-before-commit");
         tx.commit().await?;
         Ok(freed)
@@ -525,7 +541,11 @@ impl Engine {
                 .fetch_optional(&mut *tx)
                 .await?;
         let order_id = match row {
-            None => return Err(EngineError::UnitNotFound(format!("unit {unit_id:?} not found"))),
+            None => {
+                return Err(EngineError::UnitNotFound(format!(
+                    "unit {unit_id:?} not found"
+                )));
+            }
             Some((status, Some(order_id))) if status == "assigned" => order_id,
             Some(_) => {
                 return Err(EngineError::UnitNotFound(format!(
@@ -538,6 +558,9 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(UnitHolder { unit_id: unit_id.to_owned(), order_id })
+        Ok(UnitHolder {
+            unit_id: unit_id.to_owned(),
+            order_id,
+        })
     }
 }

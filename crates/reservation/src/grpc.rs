@@ -88,7 +88,9 @@ impl ReservationService for ReservationGrpc {
         check_id("order_id", &req.order_id)?;
         check_id("unit_id", &req.unit_id)?;
         self.engine.assign(&req.order_id, &req.unit_id).await?;
-        Ok(Response::new(AssignResponse { unit_id: req.unit_id }))
+        Ok(Response::new(AssignResponse {
+            unit_id: req.unit_id,
+        }))
     }
 
     async fn release(
@@ -98,7 +100,9 @@ impl ReservationService for ReservationGrpc {
         let req = request.into_inner();
         check_id("order_id", &req.order_id)?;
         let freed = self.engine.release(&req.order_id).await?;
-        Ok(Response::new(ReleaseResponse { released_unit_id: freed.unwrap_or_default() }))
+        Ok(Response::new(ReleaseResponse {
+            released_unit_id: freed.unwrap_or_default(),
+        }))
     }
 }
 
@@ -109,13 +113,34 @@ mod tests {
     #[test]
     fn engine_errors_map_to_the_contract_codes() {
         let code = |e: EngineError| Status::from(e).code();
-        assert_eq!(code(EngineError::Exhausted("p".into())), tonic::Code::ResourceExhausted);
-        assert_eq!(code(EngineError::Contended("p".into())), tonic::Code::Aborted);
-        assert_eq!(code(EngineError::Released("o".into())), tonic::Code::FailedPrecondition);
-        assert_eq!(code(EngineError::NotHeld("x".into())), tonic::Code::FailedPrecondition);
-        assert_eq!(code(EngineError::UnknownPool("p".into())), tonic::Code::NotFound);
-        assert_eq!(code(EngineError::PoolExists("p".into())), tonic::Code::AlreadyExists);
-        assert_eq!(code(EngineError::InvalidArgument("x".into())), tonic::Code::InvalidArgument);
+        assert_eq!(
+            code(EngineError::Exhausted("p".into())),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(EngineError::Contended("p".into())),
+            tonic::Code::Aborted
+        );
+        assert_eq!(
+            code(EngineError::Released("o".into())),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(EngineError::NotHeld("x".into())),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(EngineError::UnknownPool("p".into())),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(EngineError::PoolExists("p".into())),
+            tonic::Code::AlreadyExists
+        );
+        assert_eq!(
+            code(EngineError::InvalidArgument("x".into())),
+            tonic::Code::InvalidArgument
+        );
         let internal = Status::from(EngineError::Db(sqlx::Error::RowNotFound));
         assert_eq!(internal.code(), tonic::Code::Internal);
         assert_eq!(internal.message(), "internal error");

@@ -19,7 +19,10 @@ pub struct SweeperConfig {
 
 impl Default for SweeperConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(1), batch: 1000 }
+        Self {
+            interval: Duration::from_secs(1),
+            batch: 1000,
+        }
     }
 }
 

@@ -11,11 +11,21 @@ use order_saga_reservation::{Engine, EngineConfig, EngineError, MIGRATOR};
 
 async fn engine(backend: TestBackend) -> Engine {
     let url = fresh_database_url(backend, "engine").await;
-    let db = Db::connect(&url, &DbOptions { max_connections: 32, ..DbOptions::default() }, &MIGRATOR)
-        .await
-        .expect("connect test database");
+    let db = Db::connect(
+        &url,
+        &DbOptions {
+            max_connections: 32,
+            ..DbOptions::default()
+        },
+        &MIGRATOR,
+    )
+    .await
+    .expect("connect test database");
     // Tests use short TTLs so expiry happens within the test.
-    let config = EngineConfig { min_ttl: Duration::from_millis(1), ..EngineConfig::new("pkt") };
+    let config = EngineConfig {
+        min_ttl: Duration::from_millis(1),
+        ..EngineConfig::new("pkt")
+    };
     Engine::new(db, config)
 }
 
@@ -41,7 +51,10 @@ async fn wait_expired(engine: &Engine, unit: &str) {
         if expired == "yes" {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "reservation never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reservation never expired"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -73,9 +86,20 @@ both_backends!(reserve_is_idempotent_per_order, |backend| async move {
     let engine = engine(backend).await;
     pool_with(&engine, "pizza", 3).await;
     let first = engine.reserve("o1", "pizza", LONG).await.expect("reserve");
-    let again = engine.reserve("o1", "pizza", LONG).await.expect("reserve again");
+    let again = engine
+        .reserve("o1", "pizza", LONG)
+        .await
+        .expect("reserve again");
     assert_eq!(first.unit_id, again.unit_id);
-    assert_eq!(engine.pool_info("pizza").await.expect("info").counts.reserved, 1);
+    assert_eq!(
+        engine
+            .pool_info("pizza")
+            .await
+            .expect("info")
+            .counts
+            .reserved,
+        1
+    );
     // Concurrent repeats of one order still hold one unit.
     let repeats = (0..8).map(|_| engine.reserve("o2", "pizza", LONG));
     let units: HashSet<String> = futures::future::join_all(repeats)
@@ -84,142 +108,304 @@ both_backends!(reserve_is_idempotent_per_order, |backend| async move {
         .map(|r| r.expect("reserve").unit_id)
         .collect();
     assert_eq!(units.len(), 1);
-    assert_eq!(engine.pool_info("pizza").await.expect("info").counts.reserved, 2);
+    assert_eq!(
+        engine
+            .pool_info("pizza")
+            .await
+            .expect("info")
+            .counts
+            .reserved,
+        2
+    );
 });
 
-both_backends!(assign_succeeds_once_held_and_repeats, |backend| async move {
-    let engine = engine(backend).await;
-    pool_with(&engine, "pizza", 2).await;
-    let r = engine.reserve("o1", "pizza", LONG).await.expect("reserve");
-    engine.assign("o1", &r.unit_id).await.expect("assign");
-    engine.assign("o1", &r.unit_id).await.expect("repeat assign succeeds");
-    // Another order cannot assign a unit it does not hold.
-    assert!(matches!(engine.assign("o2", &r.unit_id).await, Err(EngineError::NotHeld(_))));
-    assert!(matches!(engine.assign("o1", "pkt-nope").await, Err(EngineError::NotHeld(_))));
-    let info = engine.pool_info("pizza").await.expect("info");
-    assert_eq!((info.counts.available, info.counts.reserved, info.counts.assigned), (1, 0, 1));
-});
+both_backends!(
+    assign_succeeds_once_held_and_repeats,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 2).await;
+        let r = engine.reserve("o1", "pizza", LONG).await.expect("reserve");
+        engine.assign("o1", &r.unit_id).await.expect("assign");
+        engine
+            .assign("o1", &r.unit_id)
+            .await
+            .expect("repeat assign succeeds");
+        // Another order cannot assign a unit it does not hold.
+        assert!(matches!(
+            engine.assign("o2", &r.unit_id).await,
+            Err(EngineError::NotHeld(_))
+        ));
+        assert!(matches!(
+            engine.assign("o1", "pkt-nope").await,
+            Err(EngineError::NotHeld(_))
+        ));
+        let info = engine.pool_info("pizza").await.expect("info");
+        assert_eq!(
+            (
+                info.counts.available,
+                info.counts.reserved,
+                info.counts.assigned
+            ),
+            (1, 0, 1)
+        );
+    }
+);
 
 both_backends!(assign_after_expiry_fails, |backend| async move {
     let engine = engine(backend).await;
     pool_with(&engine, "pizza", 1).await;
-    let r = engine.reserve("o1", "pizza", Duration::from_millis(50)).await.expect("reserve");
+    let r = engine
+        .reserve("o1", "pizza", Duration::from_millis(50))
+        .await
+        .expect("reserve");
     wait_expired(&engine, &r.unit_id).await;
     match engine.assign("o1", &r.unit_id).await {
         Err(EngineError::NotHeld(why)) => assert!(why.contains("expired"), "{why}"),
         other => panic!("assign after expiry must fail, got {other:?}"),
     }
     // The expired unit is free for anyone, even before the sweeper runs.
-    let other = engine.reserve("o2", "pizza", LONG).await.expect("reserve expired unit");
+    let other = engine
+        .reserve("o2", "pizza", LONG)
+        .await
+        .expect("reserve expired unit");
     assert_eq!(other.unit_id, r.unit_id);
     assert!(engine.assign("o1", &r.unit_id).await.is_err());
-    engine.assign("o2", &r.unit_id).await.expect("new holder assigns");
+    engine
+        .assign("o2", &r.unit_id)
+        .await
+        .expect("new holder assigns");
 });
 
-both_backends!(release_is_idempotent_and_undoes_assignment, |backend| async move {
-    let engine = engine(backend).await;
-    pool_with(&engine, "pizza", 1).await;
-    let r = engine.reserve("o1", "pizza", LONG).await.expect("reserve");
-    engine.assign("o1", &r.unit_id).await.expect("assign");
-    assert_eq!(engine.release("o1").await.expect("release"), Some(r.unit_id.clone()));
-    assert_eq!(engine.release("o1").await.expect("release again"), None);
-    let info = engine.pool_info("pizza").await.expect("info");
-    assert_eq!((info.counts.available, info.counts.assigned), (1, 0));
-    // A released order cannot assign nor reserve again.
-    assert!(matches!(engine.assign("o1", &r.unit_id).await, Err(EngineError::NotHeld(_))));
-    assert!(matches!(engine.reserve("o1", "pizza", LONG).await, Err(EngineError::Released(_))));
-});
-
-both_backends!(release_before_reserve_leaves_a_tombstone, |backend| async move {
-    let engine = engine(backend).await;
-    pool_with(&engine, "pizza", 1).await;
-    assert_eq!(engine.release("late").await.expect("release"), None);
-    assert!(matches!(
-        engine.reserve("late", "pizza", LONG).await,
-        Err(EngineError::Released(_))
-    ));
-    assert_eq!(engine.pool_info("pizza").await.expect("info").counts.available, 1);
-});
-
-both_backends!(release_racing_reserve_leaves_nothing_held, |backend| async move {
-    let engine = engine(backend).await;
-    pool_with(&engine, "pizza", 20).await;
-    // Each order's reserve and release race; whichever wins, nothing stays held.
-    let races = (0..20).map(|i| {
-        let engine = engine.clone();
-        async move {
-            let id = format!("o{i}");
-            let (reserve, release) =
-                tokio::join!(engine.reserve(&id, "pizza", LONG), engine.release(&id));
-            release.expect("release never fails");
-            if reserve.is_ok() {
-                // The reserve won the race; the release came after and freed it... or the
-                // release won and the reserve was refused. Either way a second release is a no-op.
-                engine.release(&id).await.expect("release");
-            }
-        }
-    });
-    futures::future::join_all(races).await;
-    let info = engine.pool_info("pizza").await.expect("info");
-    assert_eq!((info.counts.available, info.counts.reserved), (20, 0));
-});
-
-both_backends!(release_racing_assign_leaves_one_state, |backend| async move {
-    let engine = engine(backend).await;
-    pool_with(&engine, "pizza", 16).await;
-    let mut reservations = Vec::new();
-    for i in 0..16 {
-        reservations.push(engine.reserve(&format!("o{i}"), "pizza", LONG).await.expect("reserve"));
+both_backends!(
+    release_is_idempotent_and_undoes_assignment,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 1).await;
+        let r = engine.reserve("o1", "pizza", LONG).await.expect("reserve");
+        engine.assign("o1", &r.unit_id).await.expect("assign");
+        assert_eq!(
+            engine.release("o1").await.expect("release"),
+            Some(r.unit_id.clone())
+        );
+        assert_eq!(engine.release("o1").await.expect("release again"), None);
+        let info = engine.pool_info("pizza").await.expect("info");
+        assert_eq!((info.counts.available, info.counts.assigned), (1, 0));
+        // A released order cannot assign nor reserve again.
+        assert!(matches!(
+            engine.assign("o1", &r.unit_id).await,
+            Err(EngineError::NotHeld(_))
+        ));
+        assert!(matches!(
+            engine.reserve("o1", "pizza", LONG).await,
+            Err(EngineError::Released(_))
+        ));
     }
-    let races = reservations.iter().enumerate().map(|(i, r)| {
-        let engine = engine.clone();
-        let unit = r.unit_id.clone();
-        async move {
-            let id = format!("o{i}");
-            let (assign, release) = tokio::join!(engine.assign(&id, &unit), engine.release(&id));
-            release.expect("release");
-            assign.is_ok()
-        }
-    });
-    futures::future::join_all(races).await;
-    // Release always wins in the end: either it ran after the assign and undid it, or the
-    // assign ran after it and was refused.
-    let info = engine.pool_info("pizza").await.expect("info");
-    assert_eq!((info.counts.available, info.counts.reserved, info.counts.assigned), (16, 0, 0));
-});
+);
 
-both_backends!(sweeper_frees_only_expired_reservations, |backend| async move {
-    let engine = engine(backend).await;
-    pool_with(&engine, "pizza", 3).await;
-    let short = engine.reserve("short", "pizza", Duration::from_millis(50)).await.expect("reserve");
-    let long = engine.reserve("long", "pizza", LONG).await.expect("reserve");
-    let assigned = engine.reserve("done", "pizza", Duration::from_millis(50)).await.expect("reserve");
-    engine.assign("done", &assigned.unit_id).await.expect("assign");
-    wait_expired(&engine, &short.unit_id).await;
-    // Two sweepers at once free the expired reservation exactly once between them.
-    let (a, b) = tokio::join!(engine.sweep(100), engine.sweep(100));
-    let mut freed = a.expect("sweep");
-    freed.extend(b.expect("sweep"));
-    assert_eq!(freed, vec![short.unit_id.clone()]);
-    assert!(engine.sweep(100).await.expect("sweep").is_empty());
-    engine.assign("long", &long.unit_id).await.expect("unexpired reservation survives");
-    let info = engine.pool_info("pizza").await.expect("info");
-    assert_eq!((info.counts.available, info.counts.reserved, info.counts.assigned), (1, 0, 2));
-    // The swept order may reserve again (no tombstone: it was never released).
-    engine.reserve("short", "pizza", LONG).await.expect("reserve again after sweep");
-});
+both_backends!(
+    release_before_reserve_leaves_a_tombstone,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 1).await;
+        assert_eq!(engine.release("late").await.expect("release"), None);
+        assert!(matches!(
+            engine.reserve("late", "pizza", LONG).await,
+            Err(EngineError::Released(_))
+        ));
+        assert_eq!(
+            engine
+                .pool_info("pizza")
+                .await
+                .expect("info")
+                .counts
+                .available,
+            1
+        );
+    }
+);
+
+both_backends!(
+    release_racing_reserve_leaves_nothing_held,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 20).await;
+        // Each order's reserve and release race; whichever wins, nothing stays held.
+        let races = (0..20).map(|i| {
+            let engine = engine.clone();
+            async move {
+                let id = format!("o{i}");
+                let (reserve, release) =
+                    tokio::join!(engine.reserve(&id, "pizza", LONG), engine.release(&id));
+                release.expect("release never fails");
+                if reserve.is_ok() {
+                    // The reserve won the race; the release came after and freed it... or the
+                    // release won and the reserve was refused. Either way a second release is a no-op.
+                    engine.release(&id).await.expect("release");
+                }
+            }
+        });
+        futures::future::join_all(races).await;
+        let info = engine.pool_info("pizza").await.expect("info");
+        assert_eq!((info.counts.available, info.counts.reserved), (20, 0));
+    }
+);
+
+both_backends!(
+    release_racing_assign_leaves_one_state,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 16).await;
+        let mut reservations = Vec::new();
+        for i in 0..16 {
+            reservations.push(
+                engine
+                    .reserve(&format!("o{i}"), "pizza", LONG)
+                    .await
+                    .expect("reserve"),
+            );
+        }
+        let races = reservations.iter().enumerate().map(|(i, r)| {
+            let engine = engine.clone();
+            let unit = r.unit_id.clone();
+            async move {
+                let id = format!("o{i}");
+                let (assign, release) =
+                    tokio::join!(engine.assign(&id, &unit), engine.release(&id));
+                release.expect("release");
+                assign.is_ok()
+            }
+        });
+        futures::future::join_all(races).await;
+        // Release always wins in the end: either it ran after the assign and undid it, or the
+        // assign ran after it and was refused.
+        let info = engine.pool_info("pizza").await.expect("info");
+        assert_eq!(
+            (
+                info.counts.available,
+                info.counts.reserved,
+                info.counts.assigned
+            ),
+            (16, 0, 0)
+        );
+    }
+);
+
+both_backends!(
+    sweeper_frees_only_expired_reservations,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 3).await;
+        let short = engine
+            .reserve("short", "pizza", Duration::from_millis(50))
+            .await
+            .expect("reserve");
+        let long = engine
+            .reserve("long", "pizza", LONG)
+            .await
+            .expect("reserve");
+        let assigned = engine
+            .reserve("done", "pizza", Duration::from_millis(50))
+            .await
+            .expect("reserve");
+        engine
+            .assign("done", &assigned.unit_id)
+            .await
+            .expect("assign");
+        wait_expired(&engine, &short.unit_id).await;
+        // Two sweepers at once free the expired reservation exactly once between them.
+        let (a, b) = tokio::join!(engine.sweep(100), engine.sweep(100));
+        let mut freed = a.expect("sweep");
+        freed.extend(b.expect("sweep"));
+        assert_eq!(freed, vec![short.unit_id.clone()]);
+        assert!(engine.sweep(100).await.expect("sweep").is_empty());
+        engine
+            .assign("long", &long.unit_id)
+            .await
+            .expect("unexpired reservation survives");
+        let info = engine.pool_info("pizza").await.expect("info");
+        assert_eq!(
+            (
+                info.counts.available,
+                info.counts.reserved,
+                info.counts.assigned
+            ),
+            (1, 0, 2)
+        );
+        // The swept order may reserve again (no tombstone: it was never released).
+        engine
+            .reserve("short", "pizza", LONG)
+            .await
+            .expect("reserve again after sweep");
+    }
+);
 
 both_backends!(bad_input_is_refused, |backend| async move {
     let engine = engine(backend).await;
     pool_with(&engine, "pizza", 1).await;
-    assert!(matches!(engine.reserve("o", "nope", LONG).await, Err(EngineError::UnknownPool(_))));
     assert!(matches!(
-        engine.reserve("o", "pizza", Duration::from_secs(7200)).await,
+        engine.reserve("o", "nope", LONG).await,
+        Err(EngineError::UnknownPool(_))
+    ));
+    assert!(matches!(
+        engine
+            .reserve("o", "pizza", Duration::from_secs(7200))
+            .await,
         Err(EngineError::InvalidArgument(_))
     ));
-    assert!(matches!(engine.add_units("pizza", 0).await, Err(EngineError::InvalidArgument(_))));
-    assert!(matches!(engine.add_units("nope", 1).await, Err(EngineError::UnknownPool(_))));
-    assert!(matches!(engine.create_pool("pizza", "again").await, Err(EngineError::PoolExists(_))));
+    assert!(matches!(
+        engine.add_units("pizza", 0).await,
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        engine.add_units("nope", 1).await,
+        Err(EngineError::UnknownPool(_))
+    ));
+    assert!(matches!(
+        engine.create_pool("pizza", "again").await,
+        Err(EngineError::PoolExists(_))
+    ));
     engine.create_pool("empty", "empty").await.expect("create");
-    assert!(matches!(engine.reserve("o", "empty", LONG).await, Err(EngineError::Exhausted(_))));
+    assert!(matches!(
+        engine.reserve("o", "empty", LONG).await,
+        Err(EngineError::Exhausted(_))
+    ));
 });
+
+both_backends!(
+    concurrent_sweepers_free_each_reservation_once,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 40).await;
+        let mut last = String::new();
+        for i in 0..40 {
+            last = engine
+                .reserve(&format!("o{i}"), "pizza", Duration::from_millis(20))
+                .await
+                .expect("reserve")
+                .unit_id;
+        }
+        wait_expired(&engine, &last).await;
+        // Four sweepers drain the backlog in small batches at the same time.
+        let sweepers = (0..4).map(|_| {
+            let engine = engine.clone();
+            async move {
+                let mut freed = Vec::new();
+                loop {
+                    let batch = engine.sweep(3).await.expect("sweep");
+                    if batch.is_empty() {
+                        return freed;
+                    }
+                    freed.extend(batch);
+                }
+            }
+        });
+        let freed: Vec<String> = futures::future::join_all(sweepers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let distinct: HashSet<&String> = freed.iter().collect();
+        assert_eq!(distinct.len(), freed.len(), "a reservation was swept twice");
+        assert_eq!(freed.len(), 40);
+    }
+);

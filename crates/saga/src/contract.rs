@@ -52,8 +52,12 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every refusal, for exhaustive tests.
-    pub const ALL: [Refusal; 4] =
-        [Refusal::Exhausted, Refusal::UnknownPool, Refusal::NotHeld, Refusal::Rejected];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Exhausted,
+        Refusal::UnknownPool,
+        Refusal::NotHeld,
+        Refusal::Rejected,
+    ];
 }
 
 /// How the orchestrator must treat a participant's non-OK status.

@@ -148,7 +148,10 @@ pub struct Leg {
 impl Leg {
     /// A side nothing is known about yet.
     pub fn unknown() -> Self {
-        Self { state: LegState::Unknown, unit: None }
+        Self {
+            state: LegState::Unknown,
+            unit: None,
+        }
     }
 }
 
@@ -402,7 +405,10 @@ impl Saga {
                 }
                 leg.state = LegState::Reserved;
                 leg.unit = Some(unit.clone());
-                if Side::BOTH.iter().all(|&s| self.leg(s).state == LegState::Reserved) {
+                if Side::BOTH
+                    .iter()
+                    .all(|&s| self.leg(s).state == LegState::Reserved)
+                {
                     self.phase = Assigning;
                     self.pending_commands()
                 } else {
@@ -426,7 +432,10 @@ impl Saga {
                     return Vec::new();
                 }
                 leg.state = LegState::Assigned;
-                if Side::BOTH.iter().all(|&s| self.leg(s).state == LegState::Assigned) {
+                if Side::BOTH
+                    .iter()
+                    .all(|&s| self.leg(s).state == LegState::Assigned)
+                {
                     self.phase = Placed;
                 }
                 Vec::new()
@@ -434,33 +443,62 @@ impl Saga {
 
             (Compensating, Event::Released { side }) => {
                 self.leg_mut(*side).state = LegState::Released;
-                if Side::BOTH.iter().all(|&s| self.leg(s).state == LegState::Released) {
+                if Side::BOTH
+                    .iter()
+                    .all(|&s| self.leg(s).state == LegState::Released)
+                {
                     self.phase = NotPlaced;
                 }
                 Vec::new()
             }
 
-            (Reserving, Event::Refused { side, call: Call::Reserve, refusal }) => {
+            (
+                Reserving,
+                Event::Refused {
+                    side,
+                    call: Call::Reserve,
+                    refusal,
+                },
+            ) => {
                 self.leg_mut(*side).state = LegState::Refused;
                 self.compensate(Reason::from_refusal(*side, Call::Reserve, *refusal))
             }
-            (Assigning, Event::Refused { side, call: Call::Assign, refusal }) => {
-                self.compensate(Reason::from_refusal(*side, Call::Assign, *refusal))
-            }
+            (
+                Assigning,
+                Event::Refused {
+                    side,
+                    call: Call::Assign,
+                    refusal,
+                },
+            ) => self.compensate(Reason::from_refusal(*side, Call::Assign, *refusal)),
 
-            (Reserving, Event::Transient { side, call: Call::Reserve })
-                if self.leg(*side).state == LegState::Unknown =>
-            {
+            (
+                Reserving,
+                Event::Transient {
+                    side,
+                    call: Call::Reserve,
+                },
+            ) if self.leg(*side).state == LegState::Unknown => {
                 self.last_transient = Some(*side);
                 vec![Command::Reserve(*side)]
             }
-            (Assigning, Event::Transient { side, call: Call::Assign }) => {
+            (
+                Assigning,
+                Event::Transient {
+                    side,
+                    call: Call::Assign,
+                },
+            ) => {
                 self.last_transient = Some(*side);
                 self.assign_command(*side).into_iter().collect()
             }
-            (Compensating, Event::Transient { side, call: Call::Release })
-                if self.leg(*side).state != LegState::Released =>
-            {
+            (
+                Compensating,
+                Event::Transient {
+                    side,
+                    call: Call::Release,
+                },
+            ) if self.leg(*side).state != LegState::Released => {
                 self.last_transient = Some(*side);
                 vec![Command::Release(*side)]
             }

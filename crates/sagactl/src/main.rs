@@ -37,13 +37,28 @@ use tonic::{Code, transport::Channel};
 #[command(name = "sagactl", version, about = "Command-line client of order-saga")]
 struct Cli {
     /// Order service URL.
-    #[arg(long, global = true, env = "SAGACTL_ORDER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_ORDER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     order: String,
     /// Store service URL.
-    #[arg(long, global = true, env = "SAGACTL_STORE_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_STORE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     store: String,
     /// Delivery service URL.
-    #[arg(long, global = true, env = "SAGACTL_DELIVERY_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_DELIVERY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     delivery: String,
     #[command(subcommand)]
     command: Cmd,
@@ -204,7 +219,8 @@ async fn connect(url: &str) -> anyhow::Result<Channel> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
     t
 }
 
@@ -220,12 +236,17 @@ fn state_name(state: i32) -> &'static str {
 fn reason_name(reason: i32) -> String {
     match NotPlacedReason::try_from(reason) {
         Ok(NotPlacedReason::Unspecified) | Err(_) => String::new(),
-        Ok(r) => r.as_str_name().trim_start_matches("NOT_PLACED_REASON_").to_owned(),
+        Ok(r) => r
+            .as_str_name()
+            .trim_start_matches("NOT_PLACED_REASON_")
+            .to_owned(),
     }
 }
 
 fn print_orders(orders: &[Order]) {
-    let mut t = table(&["order", "state", "food", "zone", "packet", "agent", "reason"]);
+    let mut t = table(&[
+        "order", "state", "food", "zone", "packet", "agent", "reason",
+    ]);
     for o in orders {
         t.add_row(vec![
             o.order_id.clone(),
@@ -255,7 +276,12 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Place { food, zone, customer, key } => {
+        Cmd::Place {
+            food,
+            zone,
+            customer,
+            key,
+        } => {
             let mut client = OrderServiceClient::new(connect(&cli.order).await?);
             let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple()));
             let order = client
@@ -311,11 +337,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Restock { food, count } => {
             let mut client = StoreAdminServiceClient::new(connect(&cli.store).await?);
             let f = client
-                .restock(RestockRequest { food_id: food, count })
+                .restock(RestockRequest {
+                    food_id: food,
+                    count,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{}: {} available, {} reserved, {} assigned", f.food_id, f.available, f.reserved, f.assigned);
+            println!(
+                "{}: {} available, {} reserved, {} assigned",
+                f.food_id, f.available, f.reserved, f.assigned
+            );
         }
         Cmd::Agents(AgentCmd::Add { zone, count }) => {
             let mut client = DeliveryAdminServiceClient::new(connect(&cli.delivery).await?);
@@ -324,7 +356,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{}: {} available, {} reserved, {} assigned", z.zone, z.available, z.reserved, z.assigned);
+            println!(
+                "{}: {} available, {} reserved, {} assigned",
+                z.zone, z.available, z.reserved, z.assigned
+            );
         }
         Cmd::Agents(AgentCmd::Complete { agent_id }) => {
             let mut client = DeliveryAdminServiceClient::new(connect(&cli.delivery).await?);
@@ -333,7 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("agent {} delivered order {} and is available again", done.agent_id, done.order_id);
+            println!(
+                "agent {} delivered order {} and is available again",
+                done.agent_id, done.order_id
+            );
         }
         Cmd::Stuck { limit } => {
             let mut client = OrderAdminServiceClient::new(connect(&cli.order).await?);
@@ -346,7 +384,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut t = table(&["order", "step", "attempts", "last error", "lease owner"]);
             for s in &sagas {
                 t.add_row(vec![
-                    s.order.as_ref().map(|o| o.order_id.clone()).unwrap_or_default(),
+                    s.order
+                        .as_ref()
+                        .map(|o| o.order_id.clone())
+                        .unwrap_or_default(),
                     s.step.clone(),
                     s.attempts.to_string(),
                     s.last_error.clone(),
@@ -375,11 +416,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_orders(std::slice::from_ref(&order));
         }
         Cmd::Seed => seed(&cli).await?,
-        Cmd::PlaceMany { count, concurrency, food, zone, key_prefix, retry_for, allow_errors } => {
-            let prefix =
-                key_prefix.unwrap_or_else(|| format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        Cmd::PlaceMany {
+            count,
+            concurrency,
+            food,
+            zone,
+            key_prefix,
+            retry_for,
+            allow_errors,
+        } => {
+            let prefix = key_prefix.unwrap_or_else(|| {
+                format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+            });
             let client = OrderServiceClient::new(connect(&cli.order).await?);
-            let outcome = place_many(client, count, concurrency, &food, &zone, &prefix, retry_for).await;
+            let outcome =
+                place_many(client, count, concurrency, &food, &zone, &prefix, retry_for).await;
             if let Some(e) = &outcome.first_error {
                 eprintln!("first error: {e}");
             }
@@ -402,7 +453,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let channel = connect(&url).await?;
                 let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
                 let status = client
-                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
                     .await
                     .map_err(status_error)?
                     .into_inner()
@@ -449,7 +502,12 @@ async fn list_orders(
 
 async fn show_availability(cli: &Cli, zones_too: bool) -> anyhow::Result<()> {
     let mut store = StoreServiceClient::new(connect(&cli.store).await?);
-    let foods = store.list_foods(ListFoodsRequest {}).await.map_err(status_error)?.into_inner().foods;
+    let foods = store
+        .list_foods(ListFoodsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .foods;
     let mut t = table(&["food", "name", "available", "reserved", "assigned"]);
     for f in &foods {
         t.add_row(vec![
@@ -463,7 +521,12 @@ async fn show_availability(cli: &Cli, zones_too: bool) -> anyhow::Result<()> {
     println!("{t}");
     if zones_too {
         let mut delivery = DeliveryServiceClient::new(connect(&cli.delivery).await?);
-        let zones = delivery.list_zones(ListZonesRequest {}).await.map_err(status_error)?.into_inner().zones;
+        let zones = delivery
+            .list_zones(ListZonesRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .zones;
         let mut t = table(&["zone", "available", "reserved", "assigned"]);
         for z in &zones {
             t.add_row(vec![
@@ -479,8 +542,11 @@ async fn show_availability(cli: &Cli, zones_too: bool) -> anyhow::Result<()> {
 }
 
 /// The demo catalogue `make run` seeds.
-const DEMO_FOODS: &[(&str, &str, i64)] =
-    &[("margherita", "Pizza Margherita", 20), ("pad-thai", "Pad Thai", 10), ("ramen", "Tonkotsu Ramen", 5)];
+const DEMO_FOODS: &[(&str, &str, i64)] = &[
+    ("margherita", "Pizza Margherita", 20),
+    ("pad-thai", "Pad Thai", 10),
+    ("ramen", "Tonkotsu Ramen", 5),
+];
 const DEMO_ZONES: &[(&str, i64)] = &[("north", 5), ("south", 3)];
 
 async fn seed(cli: &Cli) -> anyhow::Result<()> {
@@ -498,18 +564,27 @@ async fn seed(cli: &Cli) -> anyhow::Result<()> {
     let mut admin = StoreAdminServiceClient::new(channel);
     for (id, name, count) in DEMO_FOODS {
         admin
-            .create_food(CreateFoodRequest { food_id: (*id).into(), name: (*name).into() })
+            .create_food(CreateFoodRequest {
+                food_id: (*id).into(),
+                name: (*name).into(),
+            })
             .await
             .map_err(status_error)?;
         admin
-            .restock(RestockRequest { food_id: (*id).into(), count: *count })
+            .restock(RestockRequest {
+                food_id: (*id).into(),
+                count: *count,
+            })
             .await
             .map_err(status_error)?;
     }
     let mut delivery = DeliveryAdminServiceClient::new(connect(&cli.delivery).await?);
     for (zone, count) in DEMO_ZONES {
         delivery
-            .add_agents(AddAgentsRequest { zone: (*zone).into(), count: *count })
+            .add_agents(AddAgentsRequest {
+                zone: (*zone).into(),
+                count: *count,
+            })
             .await
             .map_err(status_error)?;
     }
@@ -531,7 +606,14 @@ struct LoadOutcome {
 }
 
 fn retryable(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown | Code::Cancelled)
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Cancelled
+    )
 }
 
 async fn place_many(
@@ -578,7 +660,9 @@ async fn place_many(
             Ok(Ok(state)) if state == OrderState::NotPlaced as i32 => outcome.not_placed += 1,
             Ok(Ok(state)) => {
                 outcome.errors += 1;
-                outcome.first_error.get_or_insert(format!("unexpected state {}", state_name(state)));
+                outcome
+                    .first_error
+                    .get_or_insert(format!("unexpected state {}", state_name(state)));
             }
             Ok(Err(e)) => {
                 outcome.errors += 1;
@@ -603,8 +687,18 @@ async fn verify(cli: &Cli, wait: Duration) -> anyhow::Result<()> {
     // Wait for quiet: no pending order and no live reservation.
     let (orders, foods, zones) = loop {
         let orders = list_orders(&mut orders_client, None, usize::MAX).await?;
-        let foods = store.list_foods(ListFoodsRequest {}).await.map_err(status_error)?.into_inner().foods;
-        let zones = delivery.list_zones(ListZonesRequest {}).await.map_err(status_error)?.into_inner().zones;
+        let foods = store
+            .list_foods(ListFoodsRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .foods;
+        let zones = delivery
+            .list_zones(ListZonesRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .zones;
         let pending = orders.iter().any(|o| o.state == OrderState::Pending as i32);
         let reserved = foods.iter().any(|f| f.reserved > 0) || zones.iter().any(|z| z.reserved > 0);
         if (!pending && !reserved) || Instant::now() >= give_up {
@@ -613,19 +707,50 @@ async fn verify(cli: &Cli, wait: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
-    let placed: Vec<&Order> = orders.iter().filter(|o| o.state == OrderState::Placed as i32).collect();
+    let placed: Vec<&Order> = orders
+        .iter()
+        .filter(|o| o.state == OrderState::Placed as i32)
+        .collect();
     let mut checks: Vec<(&str, bool, String)> = Vec::new();
-    let pending = orders.iter().filter(|o| o.state == OrderState::Pending as i32).count();
-    checks.push(("every order is terminal", pending == 0, format!("{pending} pending of {}", orders.len())));
-    let incomplete = placed.iter().filter(|o| o.packet_id.is_empty() || o.agent_id.is_empty()).count();
-    checks.push(("placed orders have a packet and an agent", incomplete == 0, format!("{incomplete} incomplete")));
-    let distinct = |f: fn(&Order) -> &str| placed.iter().map(|o| f(o)).collect::<HashSet<_>>().len();
+    let pending = orders
+        .iter()
+        .filter(|o| o.state == OrderState::Pending as i32)
+        .count();
+    checks.push((
+        "every order is terminal",
+        pending == 0,
+        format!("{pending} pending of {}", orders.len()),
+    ));
+    let incomplete = placed
+        .iter()
+        .filter(|o| o.packet_id.is_empty() || o.agent_id.is_empty())
+        .count();
+    checks.push((
+        "placed orders have a packet and an agent",
+        incomplete == 0,
+        format!("{incomplete} incomplete"),
+    ));
+    let distinct =
+        |f: fn(&Order) -> &str| placed.iter().map(|o| f(o)).collect::<HashSet<_>>().len();
     let packets = distinct(|o| &o.packet_id);
-    checks.push(("no packet on two placed orders", packets == placed.len(), format!("{packets} distinct for {} placed", placed.len())));
+    checks.push((
+        "no packet on two placed orders",
+        packets == placed.len(),
+        format!("{packets} distinct for {} placed", placed.len()),
+    ));
     let agents = distinct(|o| &o.agent_id);
-    checks.push(("no agent on two placed orders", agents == placed.len(), format!("{agents} distinct for {} placed", placed.len())));
-    let reserved: i64 = foods.iter().map(|f| f.reserved).sum::<i64>() + zones.iter().map(|z| z.reserved).sum::<i64>();
-    checks.push(("nothing left reserved", reserved == 0, format!("{reserved} unit(s) reserved")));
+    checks.push((
+        "no agent on two placed orders",
+        agents == placed.len(),
+        format!("{agents} distinct for {} placed", placed.len()),
+    ));
+    let reserved: i64 = foods.iter().map(|f| f.reserved).sum::<i64>()
+        + zones.iter().map(|z| z.reserved).sum::<i64>();
+    checks.push((
+        "nothing left reserved",
+        reserved == 0,
+        format!("{reserved} unit(s) reserved"),
+    ));
     let mut per_food: HashMap<&str, i64> = HashMap::new();
     for o in &placed {
         *per_food.entry(o.food_id.as_str()).or_default() += 1;
@@ -633,9 +758,20 @@ async fn verify(cli: &Cli, wait: Duration) -> anyhow::Result<()> {
     let mismatched: Vec<String> = foods
         .iter()
         .filter(|f| f.assigned != per_food.get(f.food_id.as_str()).copied().unwrap_or(0))
-        .map(|f| format!("{}: {} assigned vs {} placed", f.food_id, f.assigned, per_food.get(f.food_id.as_str()).copied().unwrap_or(0)))
+        .map(|f| {
+            format!(
+                "{}: {} assigned vs {} placed",
+                f.food_id,
+                f.assigned,
+                per_food.get(f.food_id.as_str()).copied().unwrap_or(0)
+            )
+        })
         .collect();
-    checks.push(("assigned packets match placed orders", mismatched.is_empty(), mismatched.join("; ")));
+    checks.push((
+        "assigned packets match placed orders",
+        mismatched.is_empty(),
+        mismatched.join("; "),
+    ));
 
     let mut failed = 0;
     for (name, ok, detail) in &checks {

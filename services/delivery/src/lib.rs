@@ -23,14 +23,23 @@ use tonic::{Request, Response, Status};
 pub const AGENT_PREFIX: &str = "agent";
 
 /// Builds the delivery service on `listener`.
-pub async fn build(listener: TcpListener, settings: ParticipantSettings) -> anyhow::Result<Participant> {
+pub async fn build(
+    listener: TcpListener,
+    settings: ParticipantSettings,
+) -> anyhow::Result<Participant> {
     let mut app = Participant::build(listener, settings, AGENT_PREFIX).await?;
-    let api = DeliveryApi { engine: app.engine().clone() };
+    let api = DeliveryApi {
+        engine: app.engine().clone(),
+    };
     app.routes_mut()
         .add_service(DeliveryServiceServer::new(api.clone()))
         .add_service(DeliveryAdminServiceServer::new(api));
-    app.health().set_serving::<DeliveryServiceServer<DeliveryApi>>().await;
-    app.health().set_serving::<DeliveryAdminServiceServer<DeliveryApi>>().await;
+    app.health()
+        .set_serving::<DeliveryServiceServer<DeliveryApi>>()
+        .await;
+    app.health()
+        .set_serving::<DeliveryAdminServiceServer<DeliveryApi>>()
+        .await;
     Ok(app)
 }
 
@@ -75,17 +84,29 @@ impl DeliveryService for DeliveryApi {
         _request: Request<ListZonesRequest>,
     ) -> Result<Response<ListZonesResponse>, Status> {
         let pools = self.engine.list_pools().await.map_err(status)?;
-        Ok(Response::new(ListZonesResponse { zones: pools.into_iter().map(zone).collect() }))
+        Ok(Response::new(ListZonesResponse {
+            zones: pools.into_iter().map(zone).collect(),
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl DeliveryAdminService for DeliveryApi {
-    async fn add_agents(&self, request: Request<AddAgentsRequest>) -> Result<Response<Zone>, Status> {
+    async fn add_agents(
+        &self,
+        request: Request<AddAgentsRequest>,
+    ) -> Result<Response<Zone>, Status> {
         let req = request.into_inner();
         check("zone", &req.zone)?;
-        self.engine.ensure_pool(&req.zone, &req.zone).await.map_err(status)?;
-        let info = self.engine.add_units(&req.zone, req.count).await.map_err(status)?;
+        self.engine
+            .ensure_pool(&req.zone, &req.zone)
+            .await
+            .map_err(status)?;
+        let info = self
+            .engine
+            .add_units(&req.zone, req.count)
+            .await
+            .map_err(status)?;
         Ok(Response::new(zone(info)))
     }
 
@@ -95,7 +116,11 @@ impl DeliveryAdminService for DeliveryApi {
     ) -> Result<Response<CompleteDeliveryResponse>, Status> {
         let req = request.into_inner();
         check("agent_id", &req.agent_id)?;
-        let done = self.engine.finish_assignment(&req.agent_id).await.map_err(status)?;
+        let done = self
+            .engine
+            .finish_assignment(&req.agent_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(CompleteDeliveryResponse {
             order_id: done.order_id,
             agent_id: done.unit_id,

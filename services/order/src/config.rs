@@ -15,7 +15,11 @@ pub struct OrderArgs {
     #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
     /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
-    #[arg(long, env = "ORDER_DATABASE_URL", default_value = "sqlite://data/order.db")]
+    #[arg(
+        long,
+        env = "ORDER_DATABASE_URL",
+        default_value = "sqlite://data/order.db"
+    )]
     pub database_url: String,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "ORDER_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -24,10 +28,18 @@ pub struct OrderArgs {
     #[arg(long, env = "ORDER_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
     /// The store service.
-    #[arg(long, env = "ORDER_STORE_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "ORDER_STORE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub store_url: String,
     /// The delivery service.
-    #[arg(long, env = "ORDER_DELIVERY_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        env = "ORDER_DELIVERY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     pub delivery_url: String,
     /// How long reservations are held; also how long transient assign failures are retried.
     #[arg(long, env = "ORDER_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
@@ -93,7 +105,11 @@ pub fn default_instance_id() -> String {
 
 impl OrderSettings {
     /// Defaults for the given database and participants (used by tests and tools).
-    pub fn new(database_url: impl Into<String>, store_url: impl Into<String>, delivery_url: impl Into<String>) -> Self {
+    pub fn new(
+        database_url: impl Into<String>,
+        store_url: impl Into<String>,
+        delivery_url: impl Into<String>,
+    ) -> Self {
         Self {
             database_url: database_url.into(),
             db: DbOptions::default(),

@@ -16,11 +16,11 @@ use order_saga_proto::{
 };
 use order_saga_saga::{Event, Reason};
 use tokio::time::Instant;
-use tracing::Instrument;
 use tonic::{
     Code, Request, Response, Status, codegen::InterceptedService, metadata::MetadataMap,
     transport::Channel,
 };
+use tracing::Instrument;
 
 use crate::{
     orchestrator::{DriveError, Orchestrator},
@@ -87,35 +87,53 @@ impl Catalogue {
         }
     }
 
+    /// Resolves to `Ok` when `key` is known or `lookup` finds it; `NOT_FOUND` with
+    /// `not_found` when the participant does not know it; `UNAVAILABLE` when it cannot answer.
+    async fn ensure(
+        &self,
+        key: String,
+        lookup: impl std::future::Future<Output = Result<(), Status>>,
+        not_found: String,
+        service: &str,
+    ) -> Result<(), Status> {
+        if self.is_known(&key) {
+            return Ok(());
+        }
+        match lookup.await {
+            Ok(()) => {
+                self.remember(key);
+                Ok(())
+            }
+            Err(s) if s.code() == Code::NotFound => Err(Status::not_found(not_found)),
+            Err(s) => Err(unavailable(service, &s)),
+        }
+    }
+
     async fn check(&self, food_id: &str, zone: &str) -> Result<(), Status> {
-        let food_key = format!("food/{food_id}");
-        let zone_key = format!("zone/{zone}");
-        let food = async {
-            if self.is_known(&food_key) {
-                return Ok(());
-            }
-            let mut store = self.store.clone();
-            match store.get_food(GetFoodRequest { food_id: food_id.to_owned() }).await {
-                Ok(_) => Ok(self.remember(food_key.clone())),
-                Err(s) if s.code() == Code::NotFound => {
-                    Err(Status::not_found(format!("food_id {food_id:?} not found")))
-                }
-                Err(s) => Err(unavailable("store", &s)),
-            }
-        };
-        let zone_check = async {
-            if self.is_known(&zone_key) {
-                return Ok(());
-            }
-            let mut delivery = self.delivery.clone();
-            match delivery.get_zone(GetZoneRequest { zone: zone.to_owned() }).await {
-                Ok(_) => Ok(self.remember(zone_key.clone())),
-                Err(s) if s.code() == Code::NotFound => {
-                    Err(Status::not_found(format!("zone {zone:?} not found")))
-                }
-                Err(s) => Err(unavailable("delivery", &s)),
-            }
-        };
+        let mut store = self.store.clone();
+        let mut delivery = self.delivery.clone();
+        let food = self.ensure(
+            format!("food/{food_id}"),
+            async move {
+                let request = GetFoodRequest {
+                    food_id: food_id.to_owned(),
+                };
+                store.get_food(request).await.map(drop)
+            },
+            format!("food_id {food_id:?} not found"),
+            "store",
+        );
+        let zone_check = self.ensure(
+            format!("zone/{zone}"),
+            async move {
+                let request = GetZoneRequest {
+                    zone: zone.to_owned(),
+                };
+                delivery.get_zone(request).await.map(drop)
+            },
+            format!("zone {zone:?} not found"),
+            "delivery",
+        );
         let (f, z) = tokio::join!(food, zone_check);
         f.and(z)
     }
@@ -154,7 +172,11 @@ pub struct OrderApi {
 impl OrderApi {
     /// The APIs over an orchestrator.
     pub fn new(orchestrator: Orchestrator, catalogue: Catalogue, max_wait: Duration) -> Self {
-        Self { orchestrator, catalogue: std::sync::Arc::new(catalogue), max_wait }
+        Self {
+            orchestrator,
+            catalogue: std::sync::Arc::new(catalogue),
+            max_wait,
+        }
     }
 
     fn budget(&self, metadata: &MetadataMap) -> Instant {
@@ -206,7 +228,11 @@ impl OrderApi {
 
     /// Waits for an order another driver (or the recovery loop) is running; takes it over when
     /// its lease runs out.
-    async fn wait_for_outcome(&self, order_id: &str, deadline: Instant) -> Result<OrderRecord, Status> {
+    async fn wait_for_outcome(
+        &self,
+        order_id: &str,
+        deadline: Instant,
+    ) -> Result<OrderRecord, Status> {
         let orch = &self.orchestrator;
         loop {
             let record = orch
@@ -314,7 +340,11 @@ pub fn order_to_proto(r: &OrderRecord) -> pb::Order {
             (OrderState::NotPlaced, Some(reason)) => reason_to_proto(reason).into(),
             _ => NotPlacedReason::Unspecified.into(),
         },
-        detail: if state == OrderState::NotPlaced { r.detail.clone().unwrap_or_default() } else { String::new() },
+        detail: if state == OrderState::NotPlaced {
+            r.detail.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
         created_at: timestamp(r.created_at),
         updated_at: timestamp(r.updated_at),
     }
@@ -401,12 +431,20 @@ impl OrderService for OrderApi {
         let size = match req.page_size {
             0 => 50,
             n @ 1..=1000 => i64::from(n),
-            _ => return Err(Status::invalid_argument("page_size must be between 1 and 1000")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "page_size must be between 1 and 1000",
+                ));
+            }
         };
         let state = state_from_proto(req.state)?;
         let after = parse_page_token(&req.page_token)?;
         // One extra row tells whether another page exists.
-        let mut rows = self.orchestrator.repo().list(state, after, size + 1).await?;
+        let mut rows = self
+            .orchestrator
+            .repo()
+            .list(state, after, size + 1)
+            .await?;
         let more = rows.len() as i64 > size;
         rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
         let next_page_token = match rows.last() {
@@ -466,7 +504,8 @@ impl OrderAdminService for OrderApi {
         let deadline = self.budget(request.metadata());
         let record = match self.take_over(&request.into_inner().order_id).await? {
             Ok(leased) if leased.state() == OrderState::Pending => {
-                self.drive_and_wait(leased, Some(Event::ForceFail), deadline).await?
+                self.drive_and_wait(leased, Some(Event::ForceFail), deadline)
+                    .await?
             }
             // Already compensating: just finish the releases.
             Ok(leased) => self.drive_and_wait(leased, None, deadline).await?,
@@ -497,7 +536,9 @@ impl OrderApi {
         }
         match orch.repo().by_id(order_id).await? {
             Some(finished) => Ok(Err(finished)),
-            None => Err(Status::not_found(format!("order_id {order_id:?} not found"))),
+            None => Err(Status::not_found(format!(
+                "order_id {order_id:?} not found"
+            ))),
         }
     }
 }

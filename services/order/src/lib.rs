@@ -79,8 +79,15 @@ impl OrderApp {
             .add_service(OrderServiceServer::new(api.clone()))
             .add_service(OrderAdminServiceServer::new(api));
         health.set_serving::<OrderServiceServer<OrderApi>>().await;
-        health.set_serving::<OrderAdminServiceServer<OrderApi>>().await;
-        Ok(Self { listener, routes, orchestrator, settings })
+        health
+            .set_serving::<OrderAdminServiceServer<OrderApi>>()
+            .await;
+        Ok(Self {
+            listener,
+            routes,
+            orchestrator,
+            settings,
+        })
     }
 
     /// The bound address.

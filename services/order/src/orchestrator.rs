@@ -23,7 +23,8 @@ use tonic::{Status, codegen::InterceptedService, transport::Channel};
 use crate::repo::{OrderRecord, OrderRepo, RepoError};
 
 /// A participant client with trace propagation.
-pub type ParticipantClient = ReservationServiceClient<InterceptedService<Channel, TracePropagation>>;
+pub type ParticipantClient =
+    ReservationServiceClient<InterceptedService<Channel, TracePropagation>>;
 
 /// Saga timing.
 #[derive(Debug, Clone)]
@@ -90,7 +91,15 @@ impl Orchestrator {
         config: SagaConfig,
         instance: String,
     ) -> Self {
-        Self { inner: Arc::new(Inner { repo, store, delivery, config, instance }) }
+        Self {
+            inner: Arc::new(Inner {
+                repo,
+                store,
+                delivery,
+                config,
+                instance,
+            }),
+        }
     }
 
     /// The repository.
@@ -188,7 +197,10 @@ impl Orchestrator {
             commands = next;
         }
         if record.saga.phase.is_terminal() {
-            self.inner.repo.finish(&record.order_id, &self.inner.instance).await?;
+            self.inner
+                .repo
+                .finish(&record.order_id, &self.inner.instance)
+                .await?;
             tracing::info!(phase = record.saga.phase.as_str(), reason = ?record.saga.reason, "saga finished");
         }
         Ok(record)
@@ -196,7 +208,10 @@ impl Orchestrator {
 
     async fn persist(&self, record: &OrderRecord) -> Result<OrderRecord, RepoError> {
         let inner = &self.inner;
-        inner.repo.persist(record, &inner.instance, inner.config.lease).await
+        inner
+            .repo
+            .persist(record, &inner.instance, inner.config.lease)
+            .await
     }
 
     /// Exponential backoff with full jitter: uniform in [0, min(max, base * 2^round)].
@@ -228,11 +243,22 @@ impl Orchestrator {
                     Side::Delivery => record.request.zone.clone(),
                 };
                 let ttl = prost_types::Duration::try_from(self.inner.config.reservation_ttl).ok();
-                let r = client.reserve(ReserveRequest { order_id, pool, ttl }).await;
+                let r = client
+                    .reserve(ReserveRequest {
+                        order_id,
+                        pool,
+                        ttl,
+                    })
+                    .await;
                 (Call::Reserve, r.map(|r| Some(r.into_inner().unit_id)))
             }
             Command::Assign(_, unit) => {
-                let r = client.assign(AssignRequest { order_id, unit_id: unit.clone() }).await;
+                let r = client
+                    .assign(AssignRequest {
+                        order_id,
+                        unit_id: unit.clone(),
+                    })
+                    .await;
                 (Call::Assign, r.map(|_| None))
             }
             Command::Release(_) => {
@@ -243,7 +269,10 @@ impl Orchestrator {
         match result {
             Ok(unit) => Answer {
                 event: match call {
-                    Call::Reserve => Event::Reserved { side, unit: unit.unwrap_or_default() },
+                    Call::Reserve => Event::Reserved {
+                        side,
+                        unit: unit.unwrap_or_default(),
+                    },
                     Call::Assign => Event::Assigned { side },
                     Call::Release => Event::Released { side },
                 },
@@ -263,13 +292,20 @@ fn answer_for_error(side: Side, call: Call, status: &Status) -> Answer {
         status.message()
     );
     let event = match classify(call, status.code()) {
-        Verdict::Definitive(refusal) => Event::Refused { side, call, refusal },
+        Verdict::Definitive(refusal) => Event::Refused {
+            side,
+            call,
+            refusal,
+        },
         Verdict::Transient => {
             tracing::debug!(%error, "transient failure, will retry");
             Event::Transient { side, call }
         }
     };
-    Answer { event, error: Some(error) }
+    Answer {
+        event,
+        error: Some(error),
+    }
 }
 
 fn dedup(commands: &mut Vec<Command>) {

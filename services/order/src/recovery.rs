@@ -22,12 +22,19 @@ pub struct RecoveryConfig {
 
 impl Default for RecoveryConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(1), max_concurrent: 64 }
+        Self {
+            interval: Duration::from_secs(1),
+            max_concurrent: 64,
+        }
     }
 }
 
 /// Runs until `shutdown` completes. Errors are logged and retried on the next tick.
-pub async fn run(orchestrator: Orchestrator, config: RecoveryConfig, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    orchestrator: Orchestrator,
+    config: RecoveryConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
     let mut tick = tokio::time::interval(config.interval);
@@ -43,7 +50,11 @@ pub async fn run(orchestrator: Orchestrator, config: RecoveryConfig, shutdown: i
         }
         let claimed = orchestrator
             .repo()
-            .claim_expired(orchestrator.instance(), orchestrator.config().lease, free as i64)
+            .claim_expired(
+                orchestrator.instance(),
+                orchestrator.config().lease,
+                free as i64,
+            )
             .await;
         let orders = match claimed {
             Ok(orders) => orders,

@@ -187,7 +187,10 @@ impl OrderRepo {
                  WHERE order_id = $1 AND lease_owner = $2"
                 .to_owned(),
         };
-        Self { db, sql: std::sync::Arc::new(sql) }
+        Self {
+            db,
+            sql: std::sync::Arc::new(sql),
+        }
     }
 
     /// The database.
@@ -293,7 +296,8 @@ impl OrderRepo {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<OrderRecord>, RepoError> {
-        self.claim_with(&self.sql.claim_one, order_id, owner, lease).await
+        self.claim_with(&self.sql.claim_one, order_id, owner, lease)
+            .await
     }
 
     /// Takes an unfinished order over regardless of its lease (operator re-drive). The previous
@@ -304,7 +308,8 @@ impl OrderRepo {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<OrderRecord>, RepoError> {
-        self.claim_with(&self.sql.take_over, order_id, owner, lease).await
+        self.claim_with(&self.sql.take_over, order_id, owner, lease)
+            .await
     }
 
     async fn claim_with(

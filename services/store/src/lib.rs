@@ -25,14 +25,23 @@ pub const PACKET_PREFIX: &str = "pkt";
 const MAX_NAME_LEN: usize = 200;
 
 /// Builds the store on `listener`.
-pub async fn build(listener: TcpListener, settings: ParticipantSettings) -> anyhow::Result<Participant> {
+pub async fn build(
+    listener: TcpListener,
+    settings: ParticipantSettings,
+) -> anyhow::Result<Participant> {
     let mut app = Participant::build(listener, settings, PACKET_PREFIX).await?;
-    let api = StoreApi { engine: app.engine().clone() };
+    let api = StoreApi {
+        engine: app.engine().clone(),
+    };
     app.routes_mut()
         .add_service(StoreServiceServer::new(api.clone()))
         .add_service(StoreAdminServiceServer::new(api));
-    app.health().set_serving::<StoreServiceServer<StoreApi>>().await;
-    app.health().set_serving::<StoreAdminServiceServer<StoreApi>>().await;
+    app.health()
+        .set_serving::<StoreServiceServer<StoreApi>>()
+        .await;
+    app.health()
+        .set_serving::<StoreAdminServiceServer<StoreApi>>()
+        .await;
     Ok(app)
 }
 
@@ -57,7 +66,9 @@ fn food(info: PoolInfo) -> Food {
 fn status(err: EngineError) -> Status {
     match err {
         EngineError::UnknownPool(id) => Status::not_found(format!("food_id {id:?} not found")),
-        EngineError::PoolExists(id) => Status::already_exists(format!("food_id {id:?} already exists")),
+        EngineError::PoolExists(id) => {
+            Status::already_exists(format!("food_id {id:?} already exists"))
+        }
         other => other.into(),
     }
 }
@@ -80,13 +91,18 @@ impl StoreService for StoreApi {
         _request: Request<ListFoodsRequest>,
     ) -> Result<Response<ListFoodsResponse>, Status> {
         let pools = self.engine.list_pools().await.map_err(status)?;
-        Ok(Response::new(ListFoodsResponse { foods: pools.into_iter().map(food).collect() }))
+        Ok(Response::new(ListFoodsResponse {
+            foods: pools.into_iter().map(food).collect(),
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl StoreAdminService for StoreApi {
-    async fn create_food(&self, request: Request<CreateFoodRequest>) -> Result<Response<Food>, Status> {
+    async fn create_food(
+        &self,
+        request: Request<CreateFoodRequest>,
+    ) -> Result<Response<Food>, Status> {
         let req = request.into_inner();
         check_food_id(&req.food_id)?;
         let name = req.name.trim();
@@ -95,14 +111,22 @@ impl StoreAdminService for StoreApi {
                 "name must be 1 to {MAX_NAME_LEN} characters"
             )));
         }
-        let info = self.engine.create_pool(&req.food_id, name).await.map_err(status)?;
+        let info = self
+            .engine
+            .create_pool(&req.food_id, name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(food(info)))
     }
 
     async fn restock(&self, request: Request<RestockRequest>) -> Result<Response<Food>, Status> {
         let req = request.into_inner();
         check_food_id(&req.food_id)?;
-        let info = self.engine.add_units(&req.food_id, req.count).await.map_err(status)?;
+        let info = self
+            .engine
+            .add_units(&req.food_id, req.count)
+            .await
+            .map_err(status)?;
         Ok(Response::new(food(info)))
     }
 }

@@ -32,6 +32,10 @@ use tonic::transport::Channel;
 
 pub use order_saga_platform::testing::TestBackend as Backend;
 
+/// Pool size of each service in a test cluster: tests run in parallel against one PostgreSQL
+/// server, whose default limit is 100 connections.
+const TEST_POOL_SIZE: u32 = 4;
+
 /// Timing of a test cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -85,7 +89,14 @@ pub struct Cluster {
     stock: Mutex<HashMap<(&'static str, String), i64>>,
 }
 
-fn stop_signal() -> (oneshot::Sender<()>, impl std::future::Future<Output = ()> + Send + 'static) {
+fn checker_pool() -> DbOptions {
+    DbOptions { max_connections: 1, ..DbOptions::default() }
+}
+
+fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let (tx, rx) = oneshot::channel::<()>();
     (tx, async move {
         let _ = rx.await;
@@ -119,6 +130,7 @@ impl Cluster {
         let participant = |url: &str| {
             let mut s = ParticipantSettings::for_database(url);
             s.sweeper.interval = options.sweep_interval;
+            s.db.max_connections = TEST_POOL_SIZE;
             s
         };
         let store = store_service::build(bind().await, participant(&urls.store))
@@ -145,6 +157,7 @@ impl Cluster {
         settings.saga.reservation_ttl = options.reservation_ttl;
         settings.saga.lease = options.lease;
         settings.recovery.interval = options.recovery_interval;
+        settings.db.max_connections = TEST_POOL_SIZE;
         let order = order_service::OrderApp::build(bind().await, settings)
             .await
             .expect("build order");
@@ -171,7 +184,9 @@ impl Cluster {
             let _ = stop.send(());
         }
         for task in self.tasks.drain(..) {
-            task.await.expect("service task").expect("service stopped cleanly");
+            task.await
+                .expect("service task")
+                .expect("service stopped cleanly");
         }
     }
 
@@ -204,23 +219,35 @@ impl Cluster {
     pub async fn add_food(&self, food_id: &str, packets: i64) {
         let mut admin = StoreAdminServiceClient::new(channel(self.store_addr).await);
         admin
-            .create_food(CreateFoodRequest { food_id: food_id.into(), name: food_id.into() })
+            .create_food(CreateFoodRequest {
+                food_id: food_id.into(),
+                name: food_id.into(),
+            })
             .await
             .expect("create food");
         if packets > 0 {
             admin
-                .restock(RestockRequest { food_id: food_id.into(), count: packets })
+                .restock(RestockRequest {
+                    food_id: food_id.into(),
+                    count: packets,
+                })
                 .await
                 .expect("restock");
         }
-        self.stock.lock().expect("stock").insert(("store", food_id.into()), packets);
+        self.stock
+            .lock()
+            .expect("stock")
+            .insert(("store", food_id.into()), packets);
     }
 
     /// Adds `agents` agents to a zone.
     pub async fn add_agents(&self, zone: &str, agents: i64) {
         let mut admin = DeliveryAdminServiceClient::new(channel(self.delivery_addr).await);
         admin
-            .add_agents(AddAgentsRequest { zone: zone.into(), count: agents })
+            .add_agents(AddAgentsRequest {
+                zone: zone.into(),
+                count: agents,
+            })
             .await
             .expect("add agents");
         *self
@@ -246,16 +273,24 @@ impl Cluster {
     }
 
     async fn db(url: &str) -> Db {
-        Db::connect(url, &DbOptions::default(), &order_saga_reservation::MIGRATOR)
-            .await
-            .expect("connect for checking")
+        Db::connect(
+            url,
+            &DbOptions::default(),
+            &order_saga_reservation::MIGRATOR,
+        )
+        .await
+        .expect("connect for checking")
     }
 
     /// Opens the order database (already migrated by the service).
     pub async fn order_db(&self) -> Db {
-        Db::connect(&self.urls.order, &DbOptions::default(), &order_service::MIGRATOR)
-            .await
-            .expect("connect order db")
+        Db::connect(
+            &self.urls.order,
+            &DbOptions::default(),
+            &order_service::MIGRATOR,
+        )
+        .await
+        .expect("connect order db")
     }
 
     /// Reads the three databases and returns every violated invariant of DESIGN.md.
@@ -297,10 +332,10 @@ impl Cluster {
             // 1. No order holds two units of one participant; a unit has one holder by schema.
             let mut holders = HashSet::new();
             for u in &units {
-                if let Some(order) = &u.3 {
-                    if !holders.insert(order.clone()) {
-                        v.push(format!("inv1: order {order} holds two {service} units"));
-                    }
+                if let Some(order) = &u.3
+                    && !holders.insert(order.clone())
+                {
+                    v.push(format!("inv1: order {order} holds two {service} units"));
                 }
             }
             let by_id: HashMap<&str, &(String, String, String, Option<String>, String)> =
@@ -314,7 +349,9 @@ impl Cluster {
                         "inv2: placed order {order}: {service} unit {unit} is {} for {:?}",
                         u.2, u.3
                     )),
-                    None => v.push(format!("inv2: placed order {order}: no {service} unit {unit:?}")),
+                    None => v.push(format!(
+                        "inv2: placed order {order}: no {service} unit {unit:?}"
+                    )),
                 }
             }
             // 3. Once quiet, nothing is held for an order that is not placed.
@@ -322,7 +359,9 @@ impl Cluster {
                 for u in &units {
                     if let Some(order) = &u.3 {
                         let live_reservation = u.2 == "reserved" && u.4 == "live";
-                        if !placed.contains_key(order.as_str()) && (u.2 == "assigned" || live_reservation) {
+                        if !placed.contains_key(order.as_str())
+                            && (u.2 == "assigned" || live_reservation)
+                        {
                             v.push(format!(
                                 "inv3: {service} unit {} is {} for order {order}, which is not placed",
                                 u.0, u.2
@@ -400,20 +439,26 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let order = client
-                .get_order(order_saga_proto::order::v1::GetOrderRequest { order_id: order_id.into() })
+                .get_order(order_saga_proto::order::v1::GetOrderRequest {
+                    order_id: order_id.into(),
+                })
                 .await
                 .expect("get order")
                 .into_inner();
             if order.state != order_saga_proto::order::v1::OrderState::Pending as i32 {
                 return order;
             }
-            assert!(tokio::time::Instant::now() < deadline, "order {order_id} still pending");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} still pending"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Writes an order row as a crashed instance would have left it: `phase` with the given
-    /// units, leased to a dead instance whose lease has run out.
+    /// units, leased to `dead-instance` until `lease_expires_at` (Unix ms; 0 = already expired).
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_abandoned_order(
         &self,
         order_id: &str,
@@ -422,13 +467,14 @@ impl Cluster {
         phase: &str,
         legs: (&str, &str),
         units: (Option<&str>, Option<&str>),
+        lease_expires_at: i64,
     ) {
         let db = self.order_db().await;
         sqlx::query(
             "INSERT INTO orders (order_id, idempotency_key, customer_id, food_id, zone, state, phase, \
                store_leg, delivery_leg, packet_id, agent_id, attempts, lease_owner, lease_expires_at, \
                created_at, updated_at) \
-             VALUES ($1, $2, 'tester', $3, $4, 'pending', $5, $6, $7, $8, $9, 0, 'dead-instance', 0, 0, 0)",
+             VALUES ($1, $2, 'tester', $3, $4, 'pending', $5, $6, $7, $8, $9, 0, 'dead-instance', $10, 0, 0)",
         )
         .bind(order_id)
         .bind(format!("key-{order_id}"))
@@ -439,6 +485,7 @@ impl Cluster {
         .bind(legs.1)
         .bind(units.0)
         .bind(units.1)
+        .bind(lease_expires_at)
         .execute(db.pool())
         .await
         .expect("insert abandoned order");

@@ -15,12 +15,16 @@ use order_saga_proto::{
 use tonic::Code;
 
 const SETTLE: Duration = Duration::from_secs(30);
+/// A lease that never runs out during a test (year 2255).
+const FAR_FUTURE_MS: i64 = 9_000_000_000_000;
 
 async fn food_counts(cluster: &Cluster, food: &str) -> (i64, i64, i64) {
     let f = cluster
         .store()
         .await
-        .get_food(GetFoodRequest { food_id: food.into() })
+        .get_food(GetFoodRequest {
+            food_id: food.into(),
+        })
         .await
         .expect("get food")
         .into_inner();
@@ -28,11 +32,12 @@ async fn food_counts(cluster: &Cluster, food: &str) -> (i64, i64, i64) {
 }
 
 async fn zone_counts(cluster: &Cluster, zone: &str) -> (i64, i64, i64) {
-    let mut client = order_saga_proto::delivery::v1::delivery_service_client::DeliveryServiceClient::connect(
-        format!("http://{}", cluster.delivery_addr),
-    )
-    .await
-    .expect("connect");
+    let mut client =
+        order_saga_proto::delivery::v1::delivery_service_client::DeliveryServiceClient::connect(
+            format!("http://{}", cluster.delivery_addr),
+        )
+        .await
+        .expect("connect");
     let z = client
         .get_zone(order_saga_proto::delivery::v1::GetZoneRequest { zone: zone.into() })
         .await
@@ -54,271 +59,395 @@ both_backends!(happy_path_places_the_order, |backend| async move {
     cluster.stop().await;
 });
 
-both_backends!(out_of_stock_is_not_placed_and_releases_the_agent, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 0).await;
-    cluster.add_agents("north", 1).await;
-    let order = cluster.place("k1", "pizza", "north").await.expect("place");
-    assert_eq!(order.state, OrderState::NotPlaced as i32);
-    assert_eq!(order.not_placed_reason, NotPlacedReason::OutOfStock as i32);
-    assert!(order.detail.contains("no unit available"), "{}", order.detail);
-    assert_eq!(zone_counts(&cluster, "north").await, (1, 0, 0), "agent released");
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    cluster.stop().await;
-});
-
-both_backends!(no_agent_is_not_placed_and_releases_the_packet, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 1).await;
-    cluster.add_agents("north", 1).await;
-    let first = cluster.place("k1", "pizza", "north").await.expect("place");
-    assert_eq!(first.state, OrderState::Placed as i32);
-    cluster.add_food("soup", 1).await;
-    let second = cluster.place("k2", "soup", "north").await.expect("place");
-    assert_eq!(second.state, OrderState::NotPlaced as i32);
-    assert_eq!(second.not_placed_reason, NotPlacedReason::NoAgent as i32);
-    assert_eq!(food_counts(&cluster, "soup").await, (1, 0, 0), "packet released");
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    cluster.stop().await;
-});
-
-both_backends!(idempotent_replay_returns_the_same_order, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 5).await;
-    cluster.add_agents("north", 5).await;
-    let first = cluster.place("same-key", "pizza", "north").await.expect("place");
-    let again = cluster.place("same-key", "pizza", "north").await.expect("replay");
-    assert_eq!(first.order_id, again.order_id);
-    assert_eq!(first.state, again.state);
-    assert_eq!(first.packet_id, again.packet_id);
-    // Concurrent replays of a fresh key still make one order.
-    let replays = (0..10).map(|_| cluster.place("burst", "pizza", "north"));
-    let orders = futures::future::join_all(replays).await;
-    let ids: std::collections::HashSet<String> =
-        orders.into_iter().map(|o| o.expect("place").order_id).collect();
-    assert_eq!(ids.len(), 1, "one key, one order");
-    // The same key for a different order is refused.
-    let err = cluster.place("same-key", "pizza", "south").await.expect_err("reuse");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("idempotency_key"));
-    assert_eq!(food_counts(&cluster, "pizza").await, (3, 0, 2));
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    cluster.stop().await;
-});
-
-both_backends!(bad_input_is_refused_naming_the_field, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 1).await;
-    cluster.add_agents("north", 1).await;
-    let cases = [
-        ("", "pizza", "north", Code::InvalidArgument, "idempotency_key"),
-        ("k", "", "north", Code::InvalidArgument, "food_id"),
-        ("k", "pizza", "", Code::InvalidArgument, "zone"),
-        ("k", &"x".repeat(65), "north", Code::InvalidArgument, "food_id"),
-        ("k", "pizza; drop", "north", Code::InvalidArgument, "food_id"),
-        ("k", "sushi", "north", Code::NotFound, "food_id"),
-        ("k", "pizza", "mars", Code::NotFound, "zone"),
-    ];
-    for (key, food, zone, code, field) in cases {
-        let err = cluster.place(key, food, zone).await.expect_err("must be refused");
-        assert_eq!(err.code(), code, "{key:?} {food:?} {zone:?}: {err:?}");
-        assert!(err.message().contains(field), "{err:?} should name {field}");
+both_backends!(
+    out_of_stock_is_not_placed_and_releases_the_agent,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 0).await;
+        cluster.add_agents("north", 1).await;
+        let order = cluster.place("k1", "pizza", "north").await.expect("place");
+        assert_eq!(order.state, OrderState::NotPlaced as i32);
+        assert_eq!(order.not_placed_reason, NotPlacedReason::OutOfStock as i32);
+        assert!(
+            order.detail.contains("no unit available"),
+            "{}",
+            order.detail
+        );
+        assert_eq!(
+            zone_counts(&cluster, "north").await,
+            (1, 0, 0),
+            "agent released"
+        );
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
     }
-    // Refused requests create no order.
-    let listed = cluster
-        .orders()
-        .await
-        .list_orders(ListOrdersRequest::default())
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(listed.orders.is_empty());
-    // Participant edge: a TTL out of range is refused.
-    let err = cluster
-        .store_reservations()
-        .await
-        .reserve(ReserveRequest {
-            order_id: "o".into(),
-            pool: "pizza".into(),
-            ttl: pb_duration(Duration::from_secs(86_400)),
-        })
-        .await
-        .expect_err("ttl too long");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("ttl"));
-    cluster.stop().await;
-});
+);
 
-both_backends!(abandoned_reservation_is_swept_and_reused, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 1).await;
-    cluster.add_agents("north", 1).await;
-    // An order that reserved the only packet and vanished.
-    cluster
-        .store_reservations()
-        .await
-        .reserve(ReserveRequest {
-            order_id: "ord-abandoned".into(),
-            pool: "pizza".into(),
-            ttl: pb_duration(Duration::from_secs(1)),
-        })
-        .await
-        .expect("reserve");
-    let blocked = cluster.place("k1", "pizza", "north").await.expect("place");
-    assert_eq!(blocked.state, OrderState::NotPlaced as i32);
-    assert_eq!(blocked.not_placed_reason, NotPlacedReason::OutOfStock as i32);
-    // The sweeper frees it once expired...
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while food_counts(&cluster, "pizza").await != (1, 0, 0) {
-        assert!(tokio::time::Instant::now() < deadline, "never swept");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+both_backends!(
+    no_agent_is_not_placed_and_releases_the_packet,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        let first = cluster.place("k1", "pizza", "north").await.expect("place");
+        assert_eq!(first.state, OrderState::Placed as i32);
+        cluster.add_food("soup", 1).await;
+        let second = cluster.place("k2", "soup", "north").await.expect("place");
+        assert_eq!(second.state, OrderState::NotPlaced as i32);
+        assert_eq!(second.not_placed_reason, NotPlacedReason::NoAgent as i32);
+        assert_eq!(
+            food_counts(&cluster, "soup").await,
+            (1, 0, 0),
+            "packet released"
+        );
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
     }
-    // ...and the packet serves the next order.
-    let placed = cluster.place("k2", "pizza", "north").await.expect("place");
-    assert_eq!(placed.state, OrderState::Placed as i32);
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    cluster.stop().await;
-});
+);
 
-both_backends!(concurrent_orders_place_exactly_the_stock, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 50).await;
-    cluster.add_agents("north", 80).await;
-    let client = cluster.orders().await;
-    let orders = (0..200).map(|i| {
-        let mut client = client.clone();
-        async move {
-            client
+both_backends!(
+    idempotent_replay_returns_the_same_order,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 5).await;
+        cluster.add_agents("north", 5).await;
+        let first = cluster
+            .place("same-key", "pizza", "north")
+            .await
+            .expect("place");
+        let again = cluster
+            .place("same-key", "pizza", "north")
+            .await
+            .expect("replay");
+        assert_eq!(first.order_id, again.order_id);
+        assert_eq!(first.state, again.state);
+        assert_eq!(first.packet_id, again.packet_id);
+        // Concurrent replays of a fresh key still make one order.
+        let replays = (0..10).map(|_| cluster.place("burst", "pizza", "north"));
+        let orders = futures::future::join_all(replays).await;
+        let ids: std::collections::HashSet<String> = orders
+            .into_iter()
+            .map(|o| o.expect("place").order_id)
+            .collect();
+        assert_eq!(ids.len(), 1, "one key, one order");
+        // The same key for a different order is refused.
+        let err = cluster
+            .place("same-key", "pizza", "south")
+            .await
+            .expect_err("reuse");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("idempotency_key"));
+        assert_eq!(food_counts(&cluster, "pizza").await, (3, 0, 2));
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    bad_input_is_refused_naming_the_field,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        let cases = [
+            (
+                "",
+                "pizza",
+                "north",
+                Code::InvalidArgument,
+                "idempotency_key",
+            ),
+            ("k", "", "north", Code::InvalidArgument, "food_id"),
+            ("k", "pizza", "", Code::InvalidArgument, "zone"),
+            (
+                "k",
+                &"x".repeat(65),
+                "north",
+                Code::InvalidArgument,
+                "food_id",
+            ),
+            (
+                "k",
+                "pizza; drop",
+                "north",
+                Code::InvalidArgument,
+                "food_id",
+            ),
+            ("k", "sushi", "north", Code::NotFound, "food_id"),
+            ("k", "pizza", "mars", Code::NotFound, "zone"),
+        ];
+        for (key, food, zone, code, field) in cases {
+            let err = cluster
+                .place(key, food, zone)
+                .await
+                .expect_err("must be refused");
+            assert_eq!(err.code(), code, "{key:?} {food:?} {zone:?}: {err:?}");
+            assert!(err.message().contains(field), "{err:?} should name {field}");
+        }
+        // Refused requests create no order.
+        let listed = cluster
+            .orders()
+            .await
+            .list_orders(ListOrdersRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(listed.orders.is_empty());
+        // Participant edge: a TTL out of range is refused.
+        let err = cluster
+            .store_reservations()
+            .await
+            .reserve(ReserveRequest {
+                order_id: "o".into(),
+                pool: "pizza".into(),
+                ttl: pb_duration(Duration::from_secs(86_400)),
+            })
+            .await
+            .expect_err("ttl too long");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("ttl"));
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    abandoned_reservation_is_swept_and_reused,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        // An order that reserved the only packet and vanished.
+        cluster
+            .store_reservations()
+            .await
+            .reserve(ReserveRequest {
+                order_id: "ord-abandoned".into(),
+                pool: "pizza".into(),
+                ttl: pb_duration(Duration::from_secs(1)),
+            })
+            .await
+            .expect("reserve");
+        let blocked = cluster.place("k1", "pizza", "north").await.expect("place");
+        assert_eq!(blocked.state, OrderState::NotPlaced as i32);
+        assert_eq!(
+            blocked.not_placed_reason,
+            NotPlacedReason::OutOfStock as i32
+        );
+        // The sweeper frees it once expired...
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while food_counts(&cluster, "pizza").await != (1, 0, 0) {
+            assert!(tokio::time::Instant::now() < deadline, "never swept");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ...and the packet serves the next order.
+        let placed = cluster.place("k2", "pizza", "north").await.expect("place");
+        assert_eq!(placed.state, OrderState::Placed as i32);
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    concurrent_orders_place_exactly_the_stock,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 50).await;
+        cluster.add_agents("north", 80).await;
+        let client = cluster.orders().await;
+        let orders = (0..200).map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .place_order(PlaceOrderRequest {
+                        idempotency_key: format!("load-{i}"),
+                        customer_id: format!("c{i}"),
+                        food_id: "pizza".into(),
+                        zone: "north".into(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        });
+        let results = futures::future::join_all(orders).await;
+        let mut by_state: HashMap<i32, usize> = HashMap::new();
+        let mut first = Vec::new();
+        for r in results {
+            let o = r.expect("every order gets an answer");
+            *by_state.entry(o.state).or_default() += 1;
+            first.push(o);
+        }
+        assert_eq!(
+            by_state.get(&(OrderState::Placed as i32)),
+            Some(&50),
+            "{by_state:?}"
+        );
+        assert_eq!(
+            by_state.get(&(OrderState::NotPlaced as i32)),
+            Some(&150),
+            "{by_state:?}"
+        );
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        // Invariant 5: replaying every request gives the same order and outcome.
+        let mut client = cluster.orders().await;
+        for o in &first {
+            let again = client
                 .place_order(PlaceOrderRequest {
-                    idempotency_key: format!("load-{i}"),
-                    customer_id: format!("c{i}"),
-                    food_id: "pizza".into(),
-                    zone: "north".into(),
+                    idempotency_key: o.idempotency_key.clone(),
+                    customer_id: o.customer_id.clone(),
+                    food_id: o.food_id.clone(),
+                    zone: o.zone.clone(),
                 })
                 .await
-                .map(tonic::Response::into_inner)
+                .expect("replay")
+                .into_inner();
+            assert_eq!((&again.order_id, again.state), (&o.order_id, o.state));
         }
-    });
-    let results = futures::future::join_all(orders).await;
-    let mut by_state: HashMap<i32, usize> = HashMap::new();
-    let mut first: HashMap<String, (String, i32)> = HashMap::new();
-    for r in results {
-        let o = r.expect("every order gets an answer");
-        *by_state.entry(o.state).or_default() += 1;
-        first.insert(o.idempotency_key.clone(), (o.order_id, o.state));
+        assert_eq!(food_counts(&cluster, "pizza").await, (0, 0, 50));
+        assert_eq!(zone_counts(&cluster, "north").await, (30, 0, 50));
+        cluster.stop().await;
     }
-    assert_eq!(by_state.get(&(OrderState::Placed as i32)), Some(&50), "{by_state:?}");
-    assert_eq!(by_state.get(&(OrderState::NotPlaced as i32)), Some(&150), "{by_state:?}");
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    // Invariant 5: replaying every key gives the same order and outcome.
-    for (key, (order_id, state)) in &first {
-        let again = cluster.place(key, "pizza", "north").await.expect("replay");
-        assert_eq!((&again.order_id, again.state), (order_id, *state));
+);
+
+both_backends!(
+    recovery_finishes_a_saga_abandoned_after_reserving,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        // A crashed instance reserved both sides and persisted that, then died before assigning.
+        let ttl = pb_duration(Duration::from_secs(60));
+        let packet = cluster
+            .store_reservations()
+            .await
+            .reserve(ReserveRequest {
+                order_id: "ord-crashed".into(),
+                pool: "pizza".into(),
+                ttl,
+            })
+            .await
+            .expect("reserve packet")
+            .into_inner()
+            .unit_id;
+        let agent = cluster
+            .delivery_reservations()
+            .await
+            .reserve(ReserveRequest {
+                order_id: "ord-crashed".into(),
+                pool: "north".into(),
+                ttl,
+            })
+            .await
+            .expect("reserve agent")
+            .into_inner()
+            .unit_id;
+        cluster
+            .insert_abandoned_order(
+                "ord-crashed",
+                "pizza",
+                "north",
+                "assigning",
+                ("reserved", "reserved"),
+                (Some(&packet), Some(&agent)),
+                0,
+            )
+            .await;
+        let order = cluster.wait_terminal("ord-crashed", SETTLE).await;
+        assert_eq!(order.state, OrderState::Placed as i32);
+        assert_eq!(
+            (order.packet_id.as_str(), order.agent_id.as_str()),
+            (packet.as_str(), agent.as_str())
+        );
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
     }
-    assert_eq!(food_counts(&cluster, "pizza").await, (0, 0, 50));
-    assert_eq!(zone_counts(&cluster, "north").await, (30, 0, 50));
-    cluster.stop().await;
-});
+);
 
-both_backends!(recovery_finishes_a_saga_abandoned_after_reserving, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 1).await;
-    cluster.add_agents("north", 1).await;
-    // A crashed instance reserved both sides and persisted that, then died before assigning.
-    let ttl = pb_duration(Duration::from_secs(60));
-    let packet = cluster
-        .store_reservations()
-        .await
-        .reserve(ReserveRequest { order_id: "ord-crashed".into(), pool: "pizza".into(), ttl })
-        .await
-        .expect("reserve packet")
-        .into_inner()
-        .unit_id;
-    let agent = cluster
-        .delivery_reservations()
-        .await
-        .reserve(ReserveRequest { order_id: "ord-crashed".into(), pool: "north".into(), ttl })
-        .await
-        .expect("reserve agent")
-        .into_inner()
-        .unit_id;
-    cluster
-        .insert_abandoned_order(
-            "ord-crashed",
-            "pizza",
-            "north",
-            "assigning",
-            ("reserved", "reserved"),
-            (Some(&packet), Some(&agent)),
-        )
-        .await;
-    let order = cluster.wait_terminal("ord-crashed", SETTLE).await;
-    assert_eq!(order.state, OrderState::Placed as i32);
-    assert_eq!((order.packet_id.as_str(), order.agent_id.as_str()), (packet.as_str(), agent.as_str()));
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    cluster.stop().await;
-});
-
-both_backends!(recovery_finishes_a_saga_abandoned_before_any_answer, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 1).await;
-    cluster.add_agents("north", 1).await;
-    // Crashed right after persisting the order, before knowing what was reserved: recovery
-    // reserves again (idempotent per order) and completes.
-    cluster
-        .insert_abandoned_order("ord-early", "pizza", "north", "reserving", ("unknown", "unknown"), (None, None))
-        .await;
-    let order = cluster.wait_terminal("ord-early", SETTLE).await;
-    assert_eq!(order.state, OrderState::Placed as i32);
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    cluster.stop().await;
-});
-
-both_backends!(recovery_compensates_when_reservations_expired, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 1).await;
-    cluster.add_agents("north", 1).await;
-    let ttl = pb_duration(Duration::from_secs(1));
-    let packet = cluster
-        .store_reservations()
-        .await
-        .reserve(ReserveRequest { order_id: "ord-late".into(), pool: "pizza".into(), ttl })
-        .await
-        .expect("reserve")
-        .into_inner()
-        .unit_id;
-    let agent = cluster
-        .delivery_reservations()
-        .await
-        .reserve(ReserveRequest { order_id: "ord-late".into(), pool: "north".into(), ttl })
-        .await
-        .expect("reserve")
-        .into_inner()
-        .unit_id;
-    // Wait for the store sweeper to free the expired packet: the crash lasted longer than the TTL.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while food_counts(&cluster, "pizza").await != (1, 0, 0) {
-        assert!(tokio::time::Instant::now() < deadline, "never swept");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+both_backends!(
+    recovery_finishes_a_saga_abandoned_before_any_answer,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        // Crashed right after persisting the order, before knowing what was reserved: recovery
+        // reserves again (idempotent per order) and completes.
+        cluster
+            .insert_abandoned_order(
+                "ord-early",
+                "pizza",
+                "north",
+                "reserving",
+                ("unknown", "unknown"),
+                (None, None),
+                0,
+            )
+            .await;
+        let order = cluster.wait_terminal("ord-early", SETTLE).await;
+        assert_eq!(order.state, OrderState::Placed as i32);
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
     }
-    cluster
-        .insert_abandoned_order(
-            "ord-late",
-            "pizza",
-            "north",
-            "assigning",
-            ("reserved", "reserved"),
-            (Some(&packet), Some(&agent)),
-        )
-        .await;
-    let order = cluster.wait_terminal("ord-late", SETTLE).await;
-    assert_eq!(order.state, OrderState::NotPlaced as i32);
-    assert_eq!(order.not_placed_reason, NotPlacedReason::ReservationExpired as i32);
-    cluster.assert_invariants_when_quiet(SETTLE).await;
-    assert_eq!(food_counts(&cluster, "pizza").await, (1, 0, 0));
-    assert_eq!(zone_counts(&cluster, "north").await, (1, 0, 0));
-    cluster.stop().await;
-});
+);
+
+both_backends!(
+    recovery_compensates_when_reservations_expired,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        let ttl = pb_duration(Duration::from_secs(1));
+        let packet = cluster
+            .store_reservations()
+            .await
+            .reserve(ReserveRequest {
+                order_id: "ord-late".into(),
+                pool: "pizza".into(),
+                ttl,
+            })
+            .await
+            .expect("reserve")
+            .into_inner()
+            .unit_id;
+        let agent = cluster
+            .delivery_reservations()
+            .await
+            .reserve(ReserveRequest {
+                order_id: "ord-late".into(),
+                pool: "north".into(),
+                ttl,
+            })
+            .await
+            .expect("reserve")
+            .into_inner()
+            .unit_id;
+        // Wait for the store sweeper to free the expired packet: the crash lasted longer than the TTL.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while food_counts(&cluster, "pizza").await != (1, 0, 0) {
+            assert!(tokio::time::Instant::now() < deadline, "never swept");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster
+            .insert_abandoned_order(
+                "ord-late",
+                "pizza",
+                "north",
+                "assigning",
+                ("reserved", "reserved"),
+                (Some(&packet), Some(&agent)),
+                0,
+            )
+            .await;
+        let order = cluster.wait_terminal("ord-late", SETTLE).await;
+        assert_eq!(order.state, OrderState::NotPlaced as i32);
+        assert_eq!(
+            order.not_placed_reason,
+            NotPlacedReason::ReservationExpired as i32
+        );
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        assert_eq!(food_counts(&cluster, "pizza").await, (1, 0, 0));
+        assert_eq!(zone_counts(&cluster, "north").await, (1, 0, 0));
+        cluster.stop().await;
+    }
+);
 
 both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
     // A long lease keeps the recovery loop away from the abandoned order, like a live but
@@ -327,14 +456,16 @@ both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
     cluster.add_food("pizza", 1).await;
     cluster.add_agents("north", 1).await;
     cluster
-        .insert_abandoned_order("ord-stuck", "pizza", "north", "reserving", ("unknown", "unknown"), (None, None))
+        .insert_abandoned_order(
+            "ord-stuck",
+            "pizza",
+            "north",
+            "reserving",
+            ("unknown", "unknown"),
+            (None, None),
+            FAR_FUTURE_MS,
+        )
         .await;
-    let db = cluster.order_db().await;
-    sqlx::query("UPDATE orders SET lease_expires_at = 9000000000000 WHERE order_id = 'ord-stuck'")
-        .execute(db.pool())
-        .await
-        .expect("extend lease");
-    db.close().await;
     let mut admin = cluster.order_admin().await;
     let stuck = admin
         .list_stuck_orders(ListStuckOrdersRequest::default())
@@ -346,16 +477,23 @@ both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
     assert_eq!(stuck[0].step, "reserving");
     assert_eq!(stuck[0].lease_owner, "dead-instance");
     let failed = admin
-        .force_fail_order(ForceFailOrderRequest { order_id: "ord-stuck".into() })
+        .force_fail_order(ForceFailOrderRequest {
+            order_id: "ord-stuck".into(),
+        })
         .await
         .expect("force fail")
         .into_inner();
     assert_eq!(failed.state, OrderState::NotPlaced as i32);
-    assert_eq!(failed.not_placed_reason, NotPlacedReason::ForceFailed as i32);
+    assert_eq!(
+        failed.not_placed_reason,
+        NotPlacedReason::ForceFailed as i32
+    );
     // Placed orders cannot be failed.
     let placed = cluster.place("k", "pizza", "north").await.expect("place");
     let err = admin
-        .force_fail_order(ForceFailOrderRequest { order_id: placed.order_id })
+        .force_fail_order(ForceFailOrderRequest {
+            order_id: placed.order_id,
+        })
         .await
         .expect_err("placed");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -363,40 +501,58 @@ both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
     cluster.stop().await;
 });
 
-both_backends!(orders_are_listed_newest_first_in_pages, |backend| async move {
-    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
-    cluster.add_food("pizza", 3).await;
-    cluster.add_agents("north", 5).await;
-    for i in 0..5 {
-        cluster.place(&format!("k{i}"), "pizza", "north").await.expect("place");
-    }
-    let mut client = cluster.orders().await;
-    let mut seen = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_orders(ListOrdersRequest { page_size: 2, page_token: token, state: 0 })
-            .await
-            .expect("list")
-            .into_inner();
-        assert!(page.orders.len() <= 2);
-        seen.extend(page.orders.into_iter().map(|o| o.idempotency_key));
-        if page.next_page_token.is_empty() {
-            break;
+both_backends!(
+    orders_are_listed_newest_first_in_pages,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 3).await;
+        cluster.add_agents("north", 5).await;
+        for i in 0..5 {
+            cluster
+                .place(&format!("k{i}"), "pizza", "north")
+                .await
+                .expect("place");
         }
-        token = page.next_page_token;
+        let mut client = cluster.orders().await;
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_orders(ListOrdersRequest {
+                    page_size: 2,
+                    page_token: token,
+                    state: 0,
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            assert!(page.orders.len() <= 2);
+            seen.extend(page.orders.into_iter().map(|o| o.idempotency_key));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), 5);
+        let placed = client
+            .list_orders(ListOrdersRequest {
+                page_size: 10,
+                page_token: String::new(),
+                state: OrderState::Placed as i32,
+            })
+            .await
+            .expect("list placed")
+            .into_inner();
+        assert_eq!(placed.orders.len(), 3);
+        let err = client
+            .list_orders(ListOrdersRequest {
+                page_size: 0,
+                page_token: "garbage".into(),
+                state: 0,
+            })
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        cluster.stop().await;
     }
-    assert_eq!(seen.len(), 5);
-    let placed = client
-        .list_orders(ListOrdersRequest { page_size: 10, page_token: String::new(), state: OrderState::Placed as i32 })
-        .await
-        .expect("list placed")
-        .into_inner();
-    assert_eq!(placed.orders.len(), 3);
-    let err = client
-        .list_orders(ListOrdersRequest { page_size: 0, page_token: "garbage".into(), state: 0 })
-        .await
-        .expect_err("bad token");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    cluster.stop().await;
-});
+);
