@@ -90,7 +90,10 @@ pub struct Cluster {
 }
 
 fn checker_pool() -> DbOptions {
-    DbOptions { max_connections: 1, ..DbOptions::default() }
+    DbOptions {
+        max_connections: 1,
+        ..DbOptions::default()
+    }
 }
 
 fn stop_signal() -> (
