@@ -9,9 +9,9 @@
 //!   concurrency limit, load shedding, graceful shutdown).
 
 pub mod db;
+pub mod failpoints;
 pub mod server;
 pub mod telemetry;
-#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::time::Duration;

@@ -427,6 +427,7 @@ impl Engine {
                 .await?;
         fail::fail_point!("participant-release-before-commit");
         tx.commit().await?;
+        fail::fail_point!("participant-release-after-commit");
         Ok(freed)
     }
 

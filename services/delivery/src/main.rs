@@ -8,6 +8,7 @@ use order_saga_reservation::app::ParticipantArgs;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let _failpoints = order_saga_platform::failpoints::init();
     let args = ParticipantArgs::parse_with_env_prefix(
         "delivery",
         "DELIVERY",

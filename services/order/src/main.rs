@@ -9,6 +9,7 @@ use order_service::{OrderApp, OrderArgs};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let _failpoints = order_saga_platform::failpoints::init();
     let args = OrderArgs::parse();
     let _telemetry = init_telemetry("order", &TelemetryConfig::from_env())?;
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;

@@ -142,9 +142,7 @@ impl Orchestrator {
         let (_, mut commands) = record.saga.step(&Event::Resume);
 
         while !commands.is_empty() {
-            fail::fail_point!("order-before-calls");
             let answers = join_all(commands.iter().map(|c| self.execute(&record, c))).await;
-            fail::fail_point!("order-after-calls");
 
             let mut saga: Saga = record.saga.clone();
             let mut next = Vec::new();
@@ -179,9 +177,7 @@ impl Orchestrator {
             record.saga = saga;
             dedup(&mut next);
 
-            fail::fail_point!("order-before-persist");
             record = self.persist(&record).await?;
-            fail::fail_point!("order-after-persist");
 
             if record.saga.phase == order_saga_saga::Phase::Compensating {
                 let since = *compensation_started.get_or_insert_with(Instant::now);
@@ -206,12 +202,19 @@ impl Orchestrator {
         Ok(record)
     }
 
+    /// Writes the saga state (fenced on this instance's lease). Failpoints
+    /// `order-before-persist-<phase>` and `order-after-persist-<phase>` surround the write,
+    /// `<phase>` being the phase written.
     async fn persist(&self, record: &OrderRecord) -> Result<OrderRecord, RepoError> {
         let inner = &self.inner;
-        inner
+        let phase = record.saga.phase.as_str();
+        fail::fail_point!(&format!("order-before-persist-{phase}"));
+        let persisted = inner
             .repo
             .persist(record, &inner.instance, inner.config.lease)
-            .await
+            .await?;
+        fail::fail_point!(&format!("order-after-persist-{phase}"));
+        Ok(persisted)
     }
 
     /// Exponential backoff with full jitter: uniform in [0, min(max, base * 2^round)].
@@ -232,7 +235,24 @@ impl Orchestrator {
         }
     }
 
+    /// Makes one call. Failpoints `order-before-call-<call>-<side>` and
+    /// `order-after-call-<call>-<side>` (e.g. `order-after-call-assign-store`) surround it.
     async fn execute(&self, record: &OrderRecord, command: &Command) -> Answer {
+        let side = command.side();
+        let call_name = match command {
+            Command::Reserve(_) => Call::Reserve,
+            Command::Assign(..) => Call::Assign,
+            Command::Release(_) => Call::Release,
+        }
+        .as_str();
+        let point = format!("{call_name}-{}", side.as_str());
+        fail::fail_point!(&format!("order-before-call-{point}"));
+        let answer = self.call(record, command).await;
+        fail::fail_point!(&format!("order-after-call-{point}"));
+        answer
+    }
+
+    async fn call(&self, record: &OrderRecord, command: &Command) -> Answer {
         let side = command.side();
         let mut client = self.client(side);
         let order_id = record.order_id.clone();
