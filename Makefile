@@ -1,12 +1,17 @@
 # order-saga: the commands a newcomer needs. `make run` and `make test` work on a fresh machine.
 CARGO   ?= cargo
 BIN_DIR ?= target/debug
+# One feature set for every dev build, so binaries, tests and lints share one build.
+# Failpoints are compiled in (inert unless FAILPOINTS is set); release images leave them out.
+FEATURES ?= --features order-service/failpoints,store-service/failpoints,delivery-service/failpoints
+DURATION ?= 10m
+CLIENTS  ?= 32
 
-.PHONY: build run test test-rust walkthrough lint fmt compose-up compose-down compose-smoke clean-data
+.PHONY: build run test test-rust walkthrough chaos lint fmt compose-up compose-down compose-smoke clean-data
 
 ## Build every binary (one dev profile, shared with the tests).
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins $(FEATURES)
 
 ## Run the whole cluster locally on SQLite under ./data (Ctrl-C stops it).
 run: build
@@ -15,18 +20,23 @@ run: build
 ## The whole test suite: Rust tests on SQLite and PostgreSQL, then the README's grpcurl session.
 test: test-rust walkthrough
 
-## Rust unit, integration and end-to-end tests; PostgreSQL is found or started by the wrapper.
-test-rust:
-	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets -- --test-threads=6
+## Rust unit, integration and end-to-end tests (including the failure-injection scenarios and a
+## one-minute chaos campaign, which run the real binaries); PostgreSQL is found or started.
+test-rust: build
+	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets $(FEATURES) -- --test-threads=6
 
 ## Run the README's grpcurl session against a fresh `make run` cluster.
 walkthrough: build
 	BIN_DIR=$(BIN_DIR) bash tests/run-walkthrough.sh
 
+## The randomized chaos campaign on a local PostgreSQL cluster: make chaos DURATION=10m CLIENTS=32 [SEED=n]
+chaos: build
+	$(BIN_DIR)/sagactl chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
+
 ## Formatting and lints, as CI checks them.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

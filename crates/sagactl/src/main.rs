@@ -165,6 +165,28 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = humantime_duration)]
         wait: Duration,
     },
+    /// Randomized chaos campaign on a local PostgreSQL cluster: clients place orders while a
+    /// nemesis kills, pauses and restarts processes and cuts links; then checks the invariants.
+    Chaos {
+        /// How long clients run while faults are injected.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        duration: Duration,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seed of every random choice (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Order instances sharing one database.
+        #[arg(long, default_value_t = 2)]
+        order_instances: usize,
+        /// Packets (and agents) of the plentiful food and zone (default: scales with duration).
+        #[arg(long)]
+        stock: Option<i64>,
+        /// Directory of the service binaries (default: next to sagactl).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// Exit 0 when the gRPC server at URL reports SERVING.
     Health {
         /// Server URL, e.g. http://127.0.0.1:50052.
@@ -448,6 +470,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Verify { wait } => verify(&cli, wait).await?,
+        Cmd::Chaos {
+            duration,
+            clients,
+            seed,
+            order_instances,
+            stock,
+            bin_dir,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+            let mut config =
+                order_saga_testkit::campaign::CampaignConfig::new(duration, clients, seed);
+            config.order_instances = order_instances.max(1);
+            if let Some(stock) = stock {
+                config.stock = stock.max(1);
+            }
+            if let Some(dir) = bin_dir {
+                config.bin_dir = dir;
+            }
+            let report =
+                order_saga_testkit::campaign::run(&config, |line| println!("{line}")).await?;
+            println!("{}", report.render());
+            if !report.passed() {
+                bail!("chaos campaign found violations; rerun with --seed {seed}");
+            }
+        }
         Cmd::Health { url, timeout } => {
             let probe = async {
                 let channel = connect(&url).await?;

@@ -2,12 +2,7 @@
 //! port 0 with its own fresh database, and the invariant checker of DESIGN.md that reads all
 //! three databases directly.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use order_saga_platform::{
     db::{Db, DbOptions},
@@ -26,6 +21,8 @@ use order_saga_proto::{
     },
 };
 use order_saga_reservation::app::ParticipantSettings;
+pub use order_saga_testkit::invariants::DbUrls;
+use order_saga_testkit::invariants::{self, Stock};
 use order_service::OrderSettings;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
@@ -60,17 +57,6 @@ impl Default for ClusterOptions {
     }
 }
 
-/// Database URLs of a cluster.
-#[derive(Debug, Clone)]
-pub struct DbUrls {
-    /// Order database.
-    pub order: String,
-    /// Store database.
-    pub store: String,
-    /// Delivery database.
-    pub delivery: String,
-}
-
 /// A running cluster.
 pub struct Cluster {
     /// Backend of all three databases.
@@ -86,7 +72,7 @@ pub struct Cluster {
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     /// Units added per pool, for the conservation invariant: (service, pool) -> count.
-    stock: Mutex<HashMap<(&'static str, String), i64>>,
+    stock: Mutex<Stock>,
 }
 
 fn checker_pool() -> DbOptions {
@@ -177,7 +163,7 @@ impl Cluster {
             urls,
             stops,
             tasks,
-            stock: Mutex::new(HashMap::new()),
+            stock: Mutex::new(Stock::new()),
         }
     }
 
@@ -275,144 +261,23 @@ impl Cluster {
             .map(tonic::Response::into_inner)
     }
 
-    async fn db(url: &str) -> Db {
-        Db::connect(
-            url,
-            &DbOptions::default(),
-            &order_saga_reservation::MIGRATOR,
-        )
-        .await
-        .expect("connect for checking")
-    }
-
     /// Opens the order database (already migrated by the service).
     pub async fn order_db(&self) -> Db {
-        Db::connect(
-            &self.urls.order,
-            &DbOptions::default(),
-            &order_service::MIGRATOR,
-        )
-        .await
-        .expect("connect order db")
+        Db::connect(&self.urls.order, &checker_pool(), &order_service::MIGRATOR)
+            .await
+            .expect("connect order db")
     }
 
-    /// Reads the three databases and returns every violated invariant of DESIGN.md.
-    /// With `quiet`, also checks invariant 3 (nothing held by unplaced orders, all terminal).
+    /// Every violated invariant of DESIGN.md, read from the three databases; with `quiet`,
+    /// invariant 3 too.
     pub async fn violations(&self, quiet: bool) -> Vec<String> {
-        let order_db = self.order_db().await;
-        let orders: Vec<(String, String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT order_id, phase, packet_id, agent_id FROM orders")
-                .fetch_all(order_db.pool())
-                .await
-                .expect("read orders");
-        let mut v = Vec::new();
-        let placed: HashMap<&str, (&str, &str)> = orders
+        let stock = self.stock.lock().expect("stock").clone();
+        invariants::violations(&self.urls, &stock, quiet)
+            .await
+            .expect("read the databases")
             .iter()
-            .filter(|o| o.1 == "placed")
-            .map(|o| {
-                (
-                    o.0.as_str(),
-                    (o.2.as_deref().unwrap_or(""), o.3.as_deref().unwrap_or("")),
-                )
-            })
-            .collect();
-
-        for (service, url, pick) in [
-            ("store", &self.urls.store, 0usize),
-            ("delivery", &self.urls.delivery, 1usize),
-        ] {
-            let db = Self::db(url).await;
-            let sql = db.sql(
-                "SELECT unit_id, pool, status, order_id, \
-                   CASE WHEN status = 'reserved' AND expires_at <= {now} THEN 'expired' ELSE 'live' END \
-                 FROM units",
-            );
-            let units: Vec<(String, String, String, Option<String>, String)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(db.pool())
-                    .await
-                    .expect("read units");
-            // 1. No order holds two units of one participant; a unit has one holder by schema.
-            let mut holders = HashSet::new();
-            for u in &units {
-                if let Some(order) = &u.3
-                    && !holders.insert(order.clone())
-                {
-                    v.push(format!("inv1: order {order} holds two {service} units"));
-                }
-            }
-            let by_id: HashMap<&str, &(String, String, String, Option<String>, String)> =
-                units.iter().map(|u| (u.0.as_str(), u)).collect();
-            // 2. Every placed order's unit is assigned to it.
-            for (order, ids) in &placed {
-                let unit = if pick == 0 { ids.0 } else { ids.1 };
-                match by_id.get(unit) {
-                    Some(u) if u.2 == "assigned" && u.3.as_deref() == Some(order) => {}
-                    Some(u) => v.push(format!(
-                        "inv2: placed order {order}: {service} unit {unit} is {} for {:?}",
-                        u.2, u.3
-                    )),
-                    None => v.push(format!(
-                        "inv2: placed order {order}: no {service} unit {unit:?}"
-                    )),
-                }
-            }
-            // 3. Once quiet, nothing is held for an order that is not placed.
-            if quiet {
-                for u in &units {
-                    if let Some(order) = &u.3 {
-                        let live_reservation = u.2 == "reserved" && u.4 == "live";
-                        if !placed.contains_key(order.as_str())
-                            && (u.2 == "assigned" || live_reservation)
-                        {
-                            v.push(format!(
-                                "inv3: {service} unit {} is {} for order {order}, which is not placed",
-                                u.0, u.2
-                            ));
-                        }
-                    }
-                }
-            }
-            // 4. Units are conserved per pool.
-            let mut counted: HashMap<String, i64> = HashMap::new();
-            for u in &units {
-                *counted.entry(u.1.clone()).or_default() += 1;
-            }
-            for ((svc, pool), added) in self.stock.lock().expect("stock").iter() {
-                if *svc == service && counted.get(pool).copied().unwrap_or(0) != *added {
-                    v.push(format!(
-                        "inv4: {service} pool {pool}: {} units, {added} added",
-                        counted.get(pool).copied().unwrap_or(0)
-                    ));
-                }
-            }
-            db.close().await;
-        }
-        // 1 (cross-order view): no packet or agent on two placed orders.
-        let packets: HashSet<&str> = placed.values().map(|p| p.0).collect();
-        let agents: HashSet<&str> = placed.values().map(|p| p.1).collect();
-        if packets.len() != placed.len() || agents.len() != placed.len() {
-            v.push("inv1: a packet or an agent is on two placed orders".into());
-        }
-        if quiet {
-            for o in &orders {
-                if !matches!(o.1.as_str(), "placed" | "not_placed") {
-                    v.push(format!("inv3: order {} is still {}", o.0, o.1));
-                }
-            }
-        }
-        // 5. One idempotency key, one order.
-        let dup: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT idempotency_key, COUNT(*) FROM orders GROUP BY idempotency_key HAVING COUNT(*) > 1",
-        )
-        .fetch_all(order_db.pool())
-        .await
-        .expect("read keys");
-        for (key, n) in dup {
-            v.push(format!("inv5: idempotency key {key} has {n} orders"));
-        }
-        order_db.close().await;
-        v
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// Waits until the system is quiet and invariants 1-5 hold, or panics with the violations.
