@@ -7,7 +7,9 @@ FEATURES ?= --features order-service/failpoints,store-service/failpoints,deliver
 DURATION ?= 10m
 CLIENTS  ?= 32
 
-.PHONY: build run test test-rust walkthrough chaos lint fmt compose-up compose-down compose-smoke clean-data
+.PHONY: build run test test-rust walkthrough chaos lint lint-proto fmt compose-up compose-down compose-smoke clean-data
+BUF_VERSION ?= 1.75.0
+BUF := .tools/buf/node_modules/.bin/buf
 
 ## Build every binary (one dev profile, shared with the tests).
 build:
@@ -33,8 +35,13 @@ walkthrough: build
 chaos: build
 	$(BIN_DIR)/sagactl chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
 
+## `buf lint` of the protos (buf from npm's @bufbuild/buf, installed into .tools/ once).
+lint-proto:
+	@[ -x $(BUF) ] || npm install --prefix .tools/buf --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION)
+	cd proto && ../$(BUF) lint && echo "buf lint: clean"
+
 ## Formatting and lints, as CI checks them.
-lint:
+lint: lint-proto
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 

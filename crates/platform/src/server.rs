@@ -69,6 +69,38 @@ pub async fn serve(
         .await
 }
 
+/// Resolves when the server it was handed to starts shutting down.
+#[derive(Debug)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Waits for the shutdown.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// [`serve`], with a background task (a sweeper, a recovery loop) that runs alongside the
+/// server and is stopped, and awaited, once the server has drained.
+pub async fn serve_with_task<F, Fut>(
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    limits: &ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+    task: F,
+) -> Result<(), tonic::transport::Error>
+where
+    F: FnOnce(Stopping) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(task(Stopping(stopping)));
+    let served = serve(listener, routes, limits, shutdown).await;
+    let _ = stop.send(true);
+    let _ = background.await;
+    served
+}
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM, for graceful shutdown.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use order_saga_platform::{
     db::{Db, DbOptions},
     parse_duration,
-    server::{ServerLimits, base_routes, serve},
+    server::{ServerLimits, base_routes, serve_with_task},
 };
 use order_saga_proto::reservation::v1::reservation_service_server::ReservationServiceServer;
 use tokio::net::TcpListener;
@@ -184,22 +184,16 @@ impl Participant {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let sweeper_stop = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
-        let sweeper = tokio::spawn(sweeper::run(
-            self.engine.clone(),
-            self.settings.sweeper.clone(),
-            sweeper_stop,
-        ));
         tracing::info!(addr = %self.listener.local_addr()?, "serving");
-        let served = serve(self.listener, self.routes, &self.settings.limits, shutdown).await;
-        let _ = stop_tx.send(true);
-        let _ = sweeper.await;
+        let (engine, config) = (self.engine.clone(), self.settings.sweeper.clone());
+        let served = serve_with_task(
+            self.listener,
+            self.routes,
+            &self.settings.limits,
+            shutdown,
+            |stopping| sweeper::run(engine, config, stopping.wait()),
+        )
+        .await;
         self.engine.db().close().await;
         served?;
         Ok(())

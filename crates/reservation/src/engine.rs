@@ -249,6 +249,21 @@ fn pool_info_from_row(
     }
 }
 
+/// Fails with [`EngineError::UnknownPool`] unless `pool` exists.
+async fn require_pool(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    pool: &str,
+) -> Result<(), EngineError> {
+    let exists: Option<String> = sqlx::query_scalar("SELECT pool FROM pools WHERE pool = $1")
+        .bind(pool)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(EngineError::UnknownPool(pool.to_owned())),
+    }
+}
+
 impl Engine {
     /// An engine over `db`, whose schema must be migrated with [`crate::MIGRATOR`].
     pub fn new(db: Db, config: EngineConfig) -> Self {
@@ -311,13 +326,7 @@ impl Engine {
     ) -> Result<Claim, EngineError> {
         let sql = &self.sql;
         let mut tx = self.db.pool().begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT pool FROM pools WHERE pool = $1")
-            .bind(pool)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(EngineError::UnknownPool(pool.to_owned()));
-        }
+        require_pool(&mut tx, pool).await?;
         // Anchor the order: this row lock serialises us with a concurrent release or reserve
         // of the same order.
         sqlx::query(AssertSqlSafe(sql.insert_claim.as_str()))
@@ -475,13 +484,7 @@ impl Engine {
             )));
         }
         let mut tx = self.db.pool().begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT pool FROM pools WHERE pool = $1")
-            .bind(pool)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(EngineError::UnknownPool(pool.to_owned()));
-        }
+        require_pool(&mut tx, pool).await?;
         let ids: Vec<String> = (0..count)
             .map(|_| {
                 let hex = uuid::Uuid::new_v4().simple().to_string();

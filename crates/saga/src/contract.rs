@@ -69,6 +69,21 @@ pub enum Verdict {
     Transient,
 }
 
+/// Whether a client of `order.v1.OrderService/PlaceOrder` may send the same request again
+/// (same idempotency key) after this status: the outcome is unknown or not final yet, and the
+/// key makes the retry safe. Everything else is a definitive answer about the request.
+pub fn client_may_retry(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Internal
+    )
+}
+
 /// Classifies a non-OK status `code` answered to `call`.
 pub fn classify(call: Call, code: Code) -> Verdict {
     if call == Call::Release {

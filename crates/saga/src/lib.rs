@@ -18,7 +18,7 @@
 
 pub mod contract;
 
-pub use contract::{Call, Refusal, Verdict, classify};
+pub use contract::{Call, Refusal, Verdict, classify, client_may_retry};
 
 /// A participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -31,7 +31,8 @@ use order_saga_proto::{
         store_service_client::StoreServiceClient,
     },
 };
-use tonic::{Code, transport::Channel};
+use order_saga_saga::client_may_retry;
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(name = "sagactl", version, about = "Command-line client of order-saga")]
@@ -657,17 +658,6 @@ struct LoadOutcome {
     elapsed: Duration,
 }
 
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Unknown
-            | Code::Cancelled
-    )
-}
-
 async fn place_many(
     client: OrderServiceClient<Channel>,
     count: usize,
@@ -696,7 +686,7 @@ async fn place_many(
             loop {
                 match client.place_order(request.clone()).await {
                     Ok(order) => return Ok(order.into_inner().state),
-                    Err(s) if retryable(s.code()) && Instant::now() < give_up => {
+                    Err(s) if client_may_retry(s.code()) && Instant::now() < give_up => {
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(2));
                     }

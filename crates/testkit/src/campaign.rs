@@ -20,8 +20,9 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use order_saga_proto::order::v1::{
     OrderState, PlaceOrderRequest, order_service_client::OrderServiceClient,
 };
+use order_saga_saga::client_may_retry;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
 use crate::{
     invariants::{self, TITLES, Violation},
@@ -189,18 +190,6 @@ impl Report {
 const FOODS: [&str; 2] = ["plenty-food", "scarce-food"];
 const ZONES: [&str; 2] = ["plenty-zone", "scarce-zone"];
 
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Internal
-    )
-}
-
 /// One client: places orders with fresh keys until `stop`, retrying each key (on any order
 /// instance) until it gets a final answer or 60 s pass.
 async fn client(
@@ -240,7 +229,7 @@ async fn client(
                         break;
                     }
                 }
-                Err(status) if retryable(status.code()) => {}
+                Err(status) if client_may_retry(status.code()) => {}
                 Err(status) => {
                     tracing::error!(key = %request.idempotency_key, ?status, "unexpected refusal");
                     break;

@@ -17,7 +17,7 @@ use std::{future::Future, net::SocketAddr};
 
 use order_saga_platform::{
     db::Db,
-    server::{base_routes, serve},
+    server::{base_routes, serve_with_task},
     telemetry::TracePropagation,
 };
 use order_saga_proto::{
@@ -100,23 +100,20 @@ impl OrderApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let recovery = tokio::spawn(recovery::run(
-            self.orchestrator.clone(),
-            self.settings.recovery.clone(),
-            async move {
-                let mut rx = stop_rx;
-                let _ = rx.wait_for(|stop| *stop).await;
-            },
-        ));
         tracing::info!(
             addr = %self.listener.local_addr()?,
             instance = %self.settings.instance_id,
             "serving"
         );
-        let served = serve(self.listener, self.routes, &self.settings.limits, shutdown).await;
-        let _ = stop_tx.send(true);
-        let _ = recovery.await;
+        let (orchestrator, config) = (self.orchestrator.clone(), self.settings.recovery.clone());
+        let served = serve_with_task(
+            self.listener,
+            self.routes,
+            &self.settings.limits,
+            shutdown,
+            |stopping| recovery::run(orchestrator, config, stopping.wait()),
+        )
+        .await;
         self.orchestrator.repo().db().close().await;
         served?;
         Ok(())

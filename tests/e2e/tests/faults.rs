@@ -14,6 +14,7 @@ use order_saga_proto::{
     },
     store::v1::{GetFoodRequest, store_service_client::StoreServiceClient},
 };
+use order_saga_saga::client_may_retry;
 use order_saga_testkit::{
     campaign::{self, CampaignConfig},
     invariants,
@@ -61,6 +62,17 @@ async fn place_once(
         .map(tonic::Response::into_inner)
 }
 
+/// Places `req` on instance 0 in the background (the call may only finish after the test has
+/// brought something back).
+async fn spawn_place(
+    c: &ProcCluster,
+    req: &PlaceOrderRequest,
+) -> tokio::task::JoinHandle<Result<tonic::Response<Order>, tonic::Status>> {
+    let mut client = c.order_client(0).await.expect("client");
+    let req = req.clone();
+    tokio::spawn(async move { client.place_order(req).await })
+}
+
 /// What a client does after losing an answer: retry the same key (on any live instance) until
 /// the outcome is final.
 async fn place_until_final(c: &ProcCluster, req: &PlaceOrderRequest, within: Duration) -> Order {
@@ -70,16 +82,7 @@ async fn place_until_final(c: &ProcCluster, req: &PlaceOrderRequest, within: Dur
         match place_once(c, i % c.orders.len(), req).await {
             Ok(o) if o.state != OrderState::Pending as i32 => return o,
             Ok(_) => {}
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::Unavailable
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::Unknown
-                        | Code::Internal
-                        | Code::Cancelled
-                ) => {}
+            Err(s) if client_may_retry(s.code()) => {}
             Err(s) => panic!("{} refused: {s:?}", req.idempotency_key),
         }
         assert!(
@@ -272,11 +275,7 @@ async fn s2_crash_between_the_two_assigns() {
     ] {
         arm(&mut c, "order0", fps).await;
         let req = request(key, "pizza", "north");
-        let call = {
-            let mut client = c.order_client(0).await.expect("client");
-            let req = req.clone();
-            tokio::spawn(async move { client.place_order(req).await })
-        };
+        let call = spawn_place(&c, &req).await;
         wait_phase(&c, key, "assigning").await;
         c.link("order0-delivery").set(Fault::Cut);
         call.await.expect("join").expect_err("crashed");
@@ -309,16 +308,23 @@ async fn s3_store_down_shorter_than_ttl_still_places() {
     )
     .await;
     let req = request("s3", "pizza", "north");
-    let call = {
-        let mut client = c.order_client(0).await.expect("client");
-        let req = req.clone();
-        tokio::spawn(async move { client.place_order(req).await })
-    };
+    let call = spawn_place(&c, &req).await;
     c.store
         .wait_exit(Duration::from_secs(20))
         .await
         .expect("store crashed on assign");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A second client with a short deadline asks for the same order meanwhile: it is told
+    // clearly that the order is still being placed, and to retry with the same key.
+    let mut impatient = c.order_client(0).await.expect("client");
+    let mut short = tonic::Request::new(req.clone());
+    short.set_timeout(Duration::from_millis(800));
+    let err = impatient
+        .place_order(short)
+        .await
+        .expect_err("still running");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("same idempotency_key"), "{err:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     c.store.start_healthy("").await.expect("store back");
     let order = call.await.expect("join").expect("answered").into_inner();
     assert_eq!(order.state, OrderState::Placed as i32, "{order:?}");
@@ -384,11 +390,7 @@ async fn s5_lost_assign_response_is_retried_idempotently() {
     )
     .await;
     let req = request("s5", "pizza", "north");
-    let call = {
-        let mut client = c.order_client(0).await.expect("client");
-        let req = req.clone();
-        tokio::spawn(async move { client.place_order(req).await })
-    };
+    let call = spawn_place(&c, &req).await;
     wait_phase(&c, "s5", "assigning").await;
     // The store gets the assign and commits it; its answer never comes back.
     c.link("order0-store").set(Fault::DropResponses);
@@ -475,11 +477,7 @@ async fn s6_every_failpoint_boundary_as_exit_and_panic() {
             arm(&mut c, process, &format!("{point}={action}")).await;
             // The first call runs alongside: a crashed participant must come back before the
             // saga can finish.
-            let first = {
-                let mut client = c.order_client(0).await.expect("client");
-                let req = req.clone();
-                tokio::spawn(async move { client.place_order(req).await })
-            };
+            let first = spawn_place(&c, &req).await;
             if action == "panic(exit)" {
                 let p = c
                     .processes_mut()

@@ -7,7 +7,7 @@ use order_saga_platform::both_backends;
 use order_saga_proto::{
     order::v1::{
         ForceFailOrderRequest, ListOrdersRequest, ListStuckOrdersRequest, NotPlacedReason,
-        OrderState, PlaceOrderRequest,
+        OrderState, PlaceOrderRequest, RedriveOrderRequest,
     },
     reservation::v1::ReserveRequest,
     store::v1::GetFoodRequest,
@@ -44,6 +44,27 @@ async fn zone_counts(cluster: &Cluster, zone: &str) -> (i64, i64, i64) {
         .expect("get zone")
         .into_inner();
     (z.available, z.reserved, z.assigned)
+}
+
+/// Reserves a pizza packet and a north agent for `order_id` straight at the participants, as
+/// an orchestrator that then crashed would have.
+async fn reserve_both(cluster: &Cluster, order_id: &str, ttl: Duration) -> (String, String) {
+    let reserve = |pool: &str| ReserveRequest {
+        order_id: order_id.into(),
+        pool: pool.into(),
+        ttl: pb_duration(ttl),
+    };
+    let mut store = cluster.store_reservations().await;
+    let mut delivery = cluster.delivery_reservations().await;
+    let packet = store
+        .reserve(reserve("pizza"))
+        .await
+        .expect("reserve packet");
+    let agent = delivery
+        .reserve(reserve("north"))
+        .await
+        .expect("reserve agent");
+    (packet.into_inner().unit_id, agent.into_inner().unit_id)
 }
 
 both_backends!(happy_path_places_the_order, |backend| async move {
@@ -315,31 +336,7 @@ both_backends!(
         cluster.add_food("pizza", 1).await;
         cluster.add_agents("north", 1).await;
         // A crashed instance reserved both sides and persisted that, then died before assigning.
-        let ttl = pb_duration(Duration::from_secs(60));
-        let packet = cluster
-            .store_reservations()
-            .await
-            .reserve(ReserveRequest {
-                order_id: "ord-crashed".into(),
-                pool: "pizza".into(),
-                ttl,
-            })
-            .await
-            .expect("reserve packet")
-            .into_inner()
-            .unit_id;
-        let agent = cluster
-            .delivery_reservations()
-            .await
-            .reserve(ReserveRequest {
-                order_id: "ord-crashed".into(),
-                pool: "north".into(),
-                ttl,
-            })
-            .await
-            .expect("reserve agent")
-            .into_inner()
-            .unit_id;
+        let (packet, agent) = reserve_both(&cluster, "ord-crashed", Duration::from_secs(60)).await;
         cluster
             .insert_abandoned_order(
                 "ord-crashed",
@@ -394,31 +391,7 @@ both_backends!(
         let cluster = Cluster::start(backend, ClusterOptions::default()).await;
         cluster.add_food("pizza", 1).await;
         cluster.add_agents("north", 1).await;
-        let ttl = pb_duration(Duration::from_secs(1));
-        let packet = cluster
-            .store_reservations()
-            .await
-            .reserve(ReserveRequest {
-                order_id: "ord-late".into(),
-                pool: "pizza".into(),
-                ttl,
-            })
-            .await
-            .expect("reserve")
-            .into_inner()
-            .unit_id;
-        let agent = cluster
-            .delivery_reservations()
-            .await
-            .reserve(ReserveRequest {
-                order_id: "ord-late".into(),
-                pool: "north".into(),
-                ttl,
-            })
-            .await
-            .expect("reserve")
-            .into_inner()
-            .unit_id;
+        let (packet, agent) = reserve_both(&cluster, "ord-late", Duration::from_secs(1)).await;
         // Wait for the store sweeper to free the expired packet: the crash lasted longer than the TTL.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while food_counts(&cluster, "pizza").await != (1, 0, 0) {
@@ -476,6 +449,26 @@ both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
     assert_eq!(stuck.len(), 1);
     assert_eq!(stuck[0].step, "reserving");
     assert_eq!(stuck[0].lease_owner, "dead-instance");
+    // Re-driving one takes its lease over and finishes it.
+    cluster
+        .insert_abandoned_order(
+            "ord-redrive",
+            "pizza",
+            "north",
+            "reserving",
+            ("unknown", "unknown"),
+            (None, None),
+            FAR_FUTURE_MS,
+        )
+        .await;
+    let redriven = admin
+        .redrive_order(RedriveOrderRequest {
+            order_id: "ord-redrive".into(),
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!(redriven.state, OrderState::Placed as i32, "{redriven:?}");
     let failed = admin
         .force_fail_order(ForceFailOrderRequest {
             order_id: "ord-stuck".into(),
@@ -489,10 +482,9 @@ both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
         NotPlacedReason::ForceFailed as i32
     );
     // Placed orders cannot be failed.
-    let placed = cluster.place("k", "pizza", "north").await.expect("place");
     let err = admin
         .force_fail_order(ForceFailOrderRequest {
-            order_id: placed.order_id,
+            order_id: redriven.order_id,
         })
         .await
         .expect_err("placed");
