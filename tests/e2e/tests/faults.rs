@@ -150,6 +150,30 @@ async fn wait_phase(c: &ProcCluster, key: &str, phase: &str) {
     }
 }
 
+/// Polls until no saga is unfinished. A NOT_PLACED answer is final for the customer while
+/// its releases may still be in flight (phase `compensating`).
+async fn wait_all_sagas_finished(c: &ProcCluster) {
+    let pool = any_pool(&c.pg.url("orders")).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE phase IN ('reserving', 'assigning', 'compensating')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("read");
+        if open == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} saga(s) never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pool.close().await;
+}
+
 /// Polls the store until `food` shows no live reservation (they expired or were released).
 async fn wait_no_reservations(c: &ProcCluster, food: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -492,6 +516,9 @@ async fn s6_every_failpoint_boundary_as_exit_and_panic() {
             // spent, so retries go through.
             let _ = first.await.expect("join");
             let order = place_until_final(&c, &req, SETTLE).await;
+            // Let the saga finish entirely (releases included) before the next boundary is
+            // armed: a restarted instance would otherwise recover it into the next failpoint.
+            wait_all_sagas_finished(&c).await;
             let expected = if placeable {
                 OrderState::Placed
             } else {
