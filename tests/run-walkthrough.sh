@@ -13,7 +13,13 @@ LOG="$DATA_DIR/run-local.out"
 
 export ORDER_LISTEN_ADDR=127.0.0.1:$ORDER_PORT STORE_LISTEN_ADDR=127.0.0.1:$STORE_PORT DELIVERY_LISTEN_ADDR=127.0.0.1:$DELIVERY_PORT
 # setsid: a process group of its own, so Ctrl-C (SIGINT) can be sent to it as a terminal would.
-DATA_DIR=$DATA_DIR BIN_DIR=$BIN_DIR setsid bash deploy/run-local.sh >"$LOG" 2>&1 &
+# A background job of a non-interactive shell starts with SIGINT ignored, and bash cannot trap a
+# signal ignored at entry: restore the default first, as a terminal's foreground job has it.
+DATA_DIR=$DATA_DIR BIN_DIR=$BIN_DIR setsid python3 -c '
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp("bash", ["bash", "deploy/run-local.sh"])
+' >"$LOG" 2>&1 &
 RUN_PID=$!
 cleanup() {
   kill -INT -- -"$RUN_PID" 2>/dev/null || true
@@ -39,6 +45,8 @@ status=0
 wait "$RUN_PID" || status=$?
 trap - EXIT
 tail -n 2 "$LOG"
-grep -q "^stopped.$" "$LOG" || { echo "cluster did not stop cleanly (exit $status)"; rm -rf "$DATA_DIR"; exit 1; }
+if [ "$status" -ne 0 ] || ! grep -q "^stopped.$" "$LOG" || grep -q "exited unexpectedly" "$LOG"; then
+  echo "cluster did not stop cleanly on Ctrl-C (exit $status)"; rm -rf "$DATA_DIR"; exit 1
+fi
 rm -rf "$DATA_DIR"
 echo "walkthrough: 1 passed, 0 failed"

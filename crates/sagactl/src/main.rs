@@ -809,10 +809,15 @@ async fn verify(cli: &Cli, wait: Duration) -> anyhow::Result<()> {
             )
         })
         .collect();
+    let detail = if mismatched.is_empty() {
+        format!("{} food(s) checked", foods.len())
+    } else {
+        mismatched.join("; ")
+    };
     checks.push((
         "assigned packets match placed orders",
         mismatched.is_empty(),
-        mismatched.join("; "),
+        detail,
     ));
 
     let mut failed = 0;
