@@ -261,30 +261,30 @@ async fn client(
     }
 }
 
+/// A random process of the cluster (store, delivery or an order instance).
+fn pick_process<'a>(
+    cluster: &'a mut ProcCluster,
+    rng: &mut StdRng,
+) -> &'a mut crate::procs::Process {
+    let mut all = cluster.processes_mut();
+    let i = rng.random_range(0..all.len());
+    all.swap_remove(i)
+}
+
 /// One nemesis step: inject a random fault, hold it, heal it. Returns the fault's kind.
 async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&'static str> {
     let roll = rng.random_range(0..100);
     if roll < 30 {
-        let i = rng.random_range(0..2 + cluster.orders.len());
         let hold = Duration::from_millis(rng.random_range(200..3000));
-        let process = &mut cluster
-            .processes_mut()
-            .into_iter()
-            .nth(i)
-            .expect("index in range");
+        let process = pick_process(cluster, rng);
         tracing::info!(process = %process.name, ?hold, "nemesis: kill -9");
         process.kill().await;
         tokio::time::sleep(hold).await;
         process.start("").await?;
         Ok("kill")
     } else if roll < 50 {
-        let i = rng.random_range(0..2 + cluster.orders.len());
         let hold = Duration::from_millis(rng.random_range(500..4000));
-        let process = &mut cluster
-            .processes_mut()
-            .into_iter()
-            .nth(i)
-            .expect("index in range");
+        let process = pick_process(cluster, rng);
         tracing::info!(process = %process.name, ?hold, "nemesis: SIGSTOP");
         process.pause();
         tokio::time::sleep(hold).await;

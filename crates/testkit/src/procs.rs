@@ -288,8 +288,13 @@ fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// The links of a cluster that have a fault proxy.
-pub const LINK_KINDS: [&str; 3] = ["store", "delivery", "pg"];
+/// Splits `total` units into calls of at most the engine's per-call limit.
+fn batches(total: i64) -> impl Iterator<Item = i64> {
+    let limit = order_saga_reservation::MAX_UNITS_PER_CALL;
+    (0..total.max(0))
+        .step_by(limit as usize)
+        .map(move |start| (total - start).min(limit))
+}
 
 /// A running cluster of real processes.
 #[derive(Debug)]
@@ -465,35 +470,29 @@ impl ProcCluster {
     }
 
     /// Adds packets to a food, in calls of at most the engine's limit.
-    pub async fn restock(&mut self, food: &str, mut packets: i64) -> anyhow::Result<()> {
+    pub async fn restock(&mut self, food: &str, packets: i64) -> anyhow::Result<()> {
         let mut admin = StoreAdminServiceClient::connect(self.store.url.clone()).await?;
-        while packets > 0 {
-            let count = packets.min(order_saga_reservation::MAX_UNITS_PER_CALL);
-            admin
-                .restock(RestockRequest {
-                    food_id: food.into(),
-                    count,
-                })
-                .await?;
+        for count in batches(packets) {
+            let request = RestockRequest {
+                food_id: food.into(),
+                count,
+            };
+            admin.restock(request).await?;
             *self.stock.entry(("store", food.to_owned())).or_default() += count;
-            packets -= count;
         }
         Ok(())
     }
 
     /// Adds agents to a zone, in calls of at most the engine's limit.
-    pub async fn add_agents(&mut self, zone: &str, mut agents: i64) -> anyhow::Result<()> {
+    pub async fn add_agents(&mut self, zone: &str, agents: i64) -> anyhow::Result<()> {
         let mut admin = DeliveryAdminServiceClient::connect(self.delivery.url.clone()).await?;
-        while agents > 0 {
-            let count = agents.min(order_saga_reservation::MAX_UNITS_PER_CALL);
-            admin
-                .add_agents(AddAgentsRequest {
-                    zone: zone.into(),
-                    count,
-                })
-                .await?;
+        for count in batches(agents) {
+            let request = AddAgentsRequest {
+                zone: zone.into(),
+                count,
+            };
+            admin.add_agents(request).await?;
             *self.stock.entry(("delivery", zone.to_owned())).or_default() += count;
-            agents -= count;
         }
         Ok(())
     }
@@ -542,5 +541,20 @@ impl ProcCluster {
         for p in self.processes_mut() {
             p.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn units_are_added_in_calls_within_the_limit() {
+        assert_eq!(
+            batches(25_000).collect::<Vec<_>>(),
+            vec![10_000, 10_000, 5_000]
+        );
+        assert_eq!(batches(7).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(batches(0).count(), 0);
     }
 }

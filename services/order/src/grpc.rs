@@ -23,7 +23,7 @@ use tonic::{
 use tracing::Instrument;
 
 use crate::{
-    orchestrator::{DriveError, Orchestrator},
+    orchestrator::Orchestrator,
     repo::{Created, NewOrder, OrderRecord, OrderState, RepoError},
 };
 
@@ -208,10 +208,10 @@ impl OrderApi {
         );
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(Ok(record))) => Ok(record),
-            Ok(Ok(Err(DriveError::Repo(RepoError::LostLease(_))))) => {
+            Ok(Ok(Err(RepoError::LostLease(_)))) => {
                 self.wait_for_outcome(&order_id, deadline).await
             }
-            Ok(Ok(Err(DriveError::Repo(e)))) => {
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(order_id, error = %e, "saga interrupted; recovery will finish it");
                 Err(Status::unavailable(format!(
                     "order {order_id} was accepted but its outcome is not known yet; retry with \

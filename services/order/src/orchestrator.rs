@@ -53,14 +53,6 @@ impl Default for SagaConfig {
     }
 }
 
-/// Why driving stopped before the saga was terminal.
-#[derive(Debug, thiserror::Error)]
-pub enum DriveError {
-    /// Another instance owns the saga now; it will finish it.
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-}
-
 /// The orchestrator of one order-service instance.
 #[derive(Debug, Clone)]
 pub struct Orchestrator {
@@ -123,7 +115,7 @@ impl Orchestrator {
         &self,
         mut record: OrderRecord,
         event: Event,
-    ) -> Result<OrderRecord, DriveError> {
+    ) -> Result<OrderRecord, RepoError> {
         let (saga, _) = record.saga.step(&event);
         record.saga = saga;
         let record = self.persist(&record).await?;
@@ -131,9 +123,11 @@ impl Orchestrator {
     }
 
     /// Drives a saga this instance has leased until it is terminal, or until compensation has
-    /// used its budget (the recovery loop finishes it later). Returns the last persisted state.
+    /// used its budget (the recovery loop finishes it later). Returns the last persisted state;
+    /// fails with [`RepoError::LostLease`] when another instance took the saga over (it will
+    /// finish it), or with the database error that interrupted it (recovery will).
     #[tracing::instrument(skip_all, fields(order_id = %record.order_id), err)]
-    pub async fn drive(&self, mut record: OrderRecord) -> Result<OrderRecord, DriveError> {
+    pub async fn drive(&self, mut record: OrderRecord) -> Result<OrderRecord, RepoError> {
         let cfg = &self.inner.config;
         let started = Instant::now();
         let retry_deadline = started + cfg.reservation_ttl;
