@@ -404,7 +404,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner()
                 .sagas;
-            let mut t = table(&["order", "step", "attempts", "last error", "lease owner"]);
+            let mut t = table(&[
+                "order",
+                "step",
+                "attempts",
+                "last error",
+                "lease owner",
+                "epoch",
+            ]);
             for s in &sagas {
                 t.add_row(vec![
                     s.order
@@ -415,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.attempts.to_string(),
                     s.last_error.clone(),
                     s.lease_owner.clone(),
+                    s.epoch.to_string(),
                 ]);
             }
             println!("{t}");

@@ -1,6 +1,8 @@
 //! The randomized chaos campaign: concurrent clients place orders for a fixed time while a
-//! nemesis kills, pauses and restarts random processes, cuts or degrades random links and
-//! restarts PostgreSQL. Then every fault is healed, the system is left quiet, and the
+//! nemesis kills, pauses and restarts random processes, cuts or degrades random links,
+//! restarts PostgreSQL, acts as an operator (force-fail or redrive of sagas in flight, sent to
+//! any instance, sometimes while a participant link is slow) and starts an order instance
+//! under another live instance's id. Then every fault is healed, the system is left quiet, and the
 //! invariants are checked, together with every answer the clients were given.
 //!
 //! Everything random comes from one seed, printed at the start, so a failing run can be
@@ -18,7 +20,8 @@ use std::{
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use order_saga_proto::order::v1::{
-    OrderState, PlaceOrderRequest, order_service_client::OrderServiceClient,
+    ForceFailOrderRequest, ListStuckOrdersRequest, OrderState, PlaceOrderRequest,
+    RedriveOrderRequest, order_service_client::OrderServiceClient,
 };
 use order_saga_saga::client_may_retry;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
@@ -274,7 +277,7 @@ fn pick_process<'a>(
 /// One nemesis step: inject a random fault, hold it, heal it. Returns the fault's kind.
 async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&'static str> {
     let roll = rng.random_range(0..100);
-    if roll < 30 {
+    if roll < 25 {
         let hold = Duration::from_millis(rng.random_range(200..3000));
         let process = pick_process(cluster, rng);
         tracing::info!(process = %process.name, ?hold, "nemesis: kill -9");
@@ -282,7 +285,7 @@ async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&
         tokio::time::sleep(hold).await;
         process.start("").await?;
         Ok("kill")
-    } else if roll < 50 {
+    } else if roll < 40 {
         let hold = Duration::from_millis(rng.random_range(500..4000));
         let process = pick_process(cluster, rng);
         tracing::info!(process = %process.name, ?hold, "nemesis: SIGSTOP");
@@ -290,7 +293,7 @@ async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&
         tokio::time::sleep(hold).await;
         process.resume();
         Ok("pause")
-    } else if roll < 95 {
+    } else if roll < 78 {
         let names: Vec<String> = cluster.links.keys().cloned().collect();
         let link = names.choose(rng).cloned().unwrap_or_default();
         let fault = match rng.random_range(0..5) {
@@ -306,6 +309,10 @@ async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&
         tokio::time::sleep(hold).await;
         cluster.link(&link).set(Fault::None);
         Ok(fault.kind())
+    } else if roll < 90 || cluster.orders.len() < 2 {
+        operator_strike(cluster, rng).await
+    } else if roll < 95 {
+        duplicate_instance_id(cluster, rng).await
     } else {
         let hold = Duration::from_millis(rng.random_range(1000..6000));
         tracing::info!(?hold, "nemesis: PostgreSQL down");
@@ -315,6 +322,115 @@ async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&
         tokio::task::block_in_place(|| pg.start_server())?;
         Ok("postgres-restart")
     }
+}
+
+/// An operator at work: force-fails or redrives up to three sagas in flight, each sent to a
+/// random instance (often not the one driving it). Half the time a participant link of a
+/// random instance is slowed meanwhile, so that drivers are mid-call when they are taken over.
+async fn operator_strike(
+    cluster: &mut ProcCluster,
+    rng: &mut StdRng,
+) -> anyhow::Result<&'static str> {
+    let slowed = if rng.random_bool(0.5) {
+        let i = rng.random_range(0..cluster.orders.len());
+        let side = *["store", "delivery"].choose(rng).unwrap_or(&"store");
+        let link = format!("order{i}-{side}");
+        let delay = Duration::from_millis(rng.random_range(200..1500));
+        cluster.link(&link).set(Fault::Latency(delay));
+        Some(link)
+    } else {
+        None
+    };
+    let force = rng.random_bool(0.5);
+    let hold = tokio::time::Instant::now() + Duration::from_millis(rng.random_range(500..3000));
+    let mut acted = 0;
+    while tokio::time::Instant::now() < hold {
+        acted += operator_round(cluster, rng, force).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    if let Some(link) = slowed {
+        cluster.link(&link).set(Fault::None);
+    }
+    tracing::info!(force, acted, "nemesis: operator actions");
+    Ok(if force {
+        "operator-force-fail"
+    } else {
+        "operator-redrive"
+    })
+}
+
+/// Lists unfinished sagas on a random instance and force-fails (or redrives) up to three of
+/// them, each on a random instance, concurrently. Returns how many were acted on. Refusals
+/// (an order placed meanwhile, an instance that is down) are expected and only logged.
+async fn operator_round(cluster: &ProcCluster, rng: &mut StdRng, force: bool) -> usize {
+    let n = cluster.orders.len();
+    let Ok(mut lister) = cluster.order_admin_client(rng.random_range(0..n)).await else {
+        return 0;
+    };
+    let mut request = tonic::Request::new(ListStuckOrdersRequest { limit: 50 });
+    request.set_timeout(Duration::from_secs(2));
+    let Ok(stuck) = lister.list_stuck_orders(request).await else {
+        return 0;
+    };
+    let ids: Vec<String> = stuck
+        .into_inner()
+        .sagas
+        .into_iter()
+        .filter_map(|s| s.order.map(|o| o.order_id))
+        .collect();
+    let mut calls = tokio::task::JoinSet::new();
+    for order_id in ids.choose_multiple(rng, 3) {
+        let Ok(mut admin) = cluster.order_admin_client(rng.random_range(0..n)).await else {
+            continue;
+        };
+        let order_id = order_id.clone();
+        calls.spawn(async move {
+            let result = if force {
+                let mut r = tonic::Request::new(ForceFailOrderRequest {
+                    order_id: order_id.clone(),
+                });
+                r.set_timeout(Duration::from_secs(10));
+                admin.force_fail_order(r).await.map(drop)
+            } else {
+                let mut r = tonic::Request::new(RedriveOrderRequest {
+                    order_id: order_id.clone(),
+                });
+                r.set_timeout(Duration::from_secs(10));
+                admin.redrive_order(r).await.map(drop)
+            };
+            if let Err(status) = result {
+                tracing::info!(%order_id, ?status, "operator action refused");
+            }
+        });
+    }
+    let acted = calls.len();
+    while calls.join_next().await.is_some() {}
+    acted
+}
+
+/// Restarts one order instance under another live instance's id, so two processes share one
+/// lease-owner name, while an operator redrives and force-fails sagas; then restores its id.
+async fn duplicate_instance_id(
+    cluster: &mut ProcCluster,
+    rng: &mut StdRng,
+) -> anyhow::Result<&'static str> {
+    let n = cluster.orders.len();
+    let twin = rng.random_range(0..n);
+    let original = (twin + rng.random_range(1..n)) % n;
+    let (twin_name, name) = (
+        cluster.orders[twin].name.clone(),
+        cluster.orders[original].name.clone(),
+    );
+    tracing::info!(process = %twin_name, id = %name, "nemesis: duplicate instance id");
+    cluster.restart_order_as(twin, &name).await?;
+    let hold = tokio::time::Instant::now() + Duration::from_millis(rng.random_range(1000..5000));
+    while tokio::time::Instant::now() < hold {
+        let force = rng.random_bool(0.5);
+        operator_round(cluster, rng, force).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cluster.restart_order_as(twin, &twin_name).await?;
+    Ok("duplicate-instance-id")
 }
 
 /// Runs a campaign, reporting progress lines to `progress`.
@@ -407,6 +523,17 @@ pub async fn run(
     let violations = invariants::wait_until_holds(&urls, cluster.stock(), settle).await?;
     let answer_mismatches = compare_answers(&urls.order, &answers, &counters).await?;
     cluster.shutdown().await;
+    if !violations.is_empty() || !answer_mismatches.is_empty() {
+        // The cluster's directory goes away with it: keep the logs of a failed run.
+        let kept = std::env::temp_dir().join(format!("order-saga-chaos-{}", config.seed));
+        match copy_dir(&cluster.log_dir, &kept) {
+            Ok(()) => progress(&format!(
+                "chaos: FAILED; service logs kept in {}",
+                kept.display()
+            )),
+            Err(e) => progress(&format!("chaos: FAILED; could not keep the logs: {e}")),
+        }
+    }
 
     Ok(Report {
         seed: config.seed,
@@ -420,6 +547,15 @@ pub async fn run(
         violations,
         answer_mismatches,
     })
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 fn progress_line(

@@ -107,6 +107,10 @@ pub async fn violations(
         }
         // 2. Every placed order's unit is assigned to it on this side.
         let by_id: HashMap<&str, &UnitRow> = units.iter().map(|u| (u.0.as_str(), u)).collect();
+        let held: HashMap<&str, &UnitRow> = units
+            .iter()
+            .filter_map(|u| u.3.as_deref().map(|o| (o, u)))
+            .collect();
         for (order, ids) in &placed {
             let unit = if side == 0 { ids.0 } else { ids.1 };
             match by_id.get(unit) {
@@ -114,8 +118,11 @@ pub async fn violations(
                 Some(u) => push(
                     2,
                     format!(
-                        "placed order {order}: {service} unit {unit} is {} for {:?}",
-                        u.2, u.3
+                        "placed order {order}: {service} unit {unit} is {} for {:?} (the \
+                         order holds {:?})",
+                        u.2,
+                        u.3,
+                        held.get(order).map(|h| (&h.0, &h.2))
                     ),
                 ),
                 None => push(

@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context, bail};
 use order_saga_proto::{
     delivery::v1::{AddAgentsRequest, delivery_admin_service_client::DeliveryAdminServiceClient},
-    order::v1::order_service_client::OrderServiceClient,
+    order::v1::{
+        order_admin_service_client::OrderAdminServiceClient,
+        order_service_client::OrderServiceClient,
+    },
     store::v1::{
         CreateFoodRequest, RestockRequest, store_admin_service_client::StoreAdminServiceClient,
     },
@@ -448,12 +451,32 @@ impl ProcCluster {
         &self.stock
     }
 
+    fn order_channel(&self, i: usize) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.orders[i].url.clone())?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy())
+    }
+
     /// A client of order instance `i`.
     pub async fn order_client(&self, i: usize) -> anyhow::Result<OrderServiceClient<Channel>> {
-        let channel = Channel::from_shared(self.orders[i].url.clone())?
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        Ok(OrderServiceClient::new(channel))
+        Ok(OrderServiceClient::new(self.order_channel(i)?))
+    }
+
+    /// An operator's client of order instance `i`.
+    pub async fn order_admin_client(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<OrderAdminServiceClient<Channel>> {
+        Ok(OrderAdminServiceClient::new(self.order_channel(i)?))
+    }
+
+    /// Restarts order instance `i` (a crash, `SIGKILL`) configured with `instance_id` as its
+    /// lease-owner name: another instance's name makes two live processes share one id.
+    pub async fn restart_order_as(&mut self, i: usize, instance_id: &str) -> anyhow::Result<()> {
+        let p = &mut self.orders[i];
+        p.kill().await;
+        p.set_env("ORDER_INSTANCE_ID", instance_id);
+        p.start_healthy("").await
     }
 
     /// Creates a food with `packets` packets (straight to the store, not through a proxy).

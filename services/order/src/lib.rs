@@ -3,13 +3,20 @@
 //! - [`repo`]: the orders table, holding each saga's persisted state with a lease.
 //! - [`orchestrator`]: drives the pure state machine of `order-saga-saga` against the store and
 //!   delivery participants, persisting every transition before the next remote call.
-//! - [`grpc`]: the public `OrderService` and the operator `OrderAdminService`.
+//! - [`placement`]: the use cases behind `PlaceOrder`, `RedriveOrder` and `ForceFailOrder`:
+//!   claim a saga (a new fencing epoch), drive it in its own task, answer from stored state.
+//! - [`grpc`]: the transport of the public `OrderService` and the operator
+//!   `OrderAdminService`, with [`convert`] for prost types and [`catalogue`] for the existence
+//!   check of foods and zones.
 //! - [`recovery`]: claims unfinished sagas whose lease ran out (a crashed or stopped instance)
 //!   and finishes them. Any number of instances may share one database.
 
+pub mod catalogue;
 pub mod config;
+pub mod convert;
 pub mod grpc;
 pub mod orchestrator;
+pub mod placement;
 pub mod recovery;
 pub mod repo;
 
@@ -30,9 +37,11 @@ use order_saga_proto::{
 use tokio::net::TcpListener;
 use tonic::{service::RoutesBuilder, transport::Endpoint};
 
+use catalogue::Catalogue;
 pub use config::{OrderArgs, OrderSettings};
-use grpc::{Catalogue, OrderApi};
+use grpc::OrderApi;
 use orchestrator::Orchestrator;
+use placement::Placement;
 use repo::OrderRepo;
 
 /// The embedded migrations of the order database.
@@ -69,11 +78,11 @@ impl OrderApp {
             settings.saga.clone(),
             settings.instance_id.clone(),
         );
-        let api = OrderApi::new(
+        let api = OrderApi::new(Placement::new(
             orchestrator.clone(),
             Catalogue::new(store, delivery),
             settings.place_timeout,
-        );
+        ));
         let (mut routes, health) = base_routes()?;
         routes
             .add_service(OrderServiceServer::new(api.clone()))

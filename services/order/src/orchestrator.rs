@@ -1,7 +1,7 @@
 //! Drives sagas: the only place where the pure state machine meets the network and the database.
 //!
 //! The loop is: take the commands the machine asked for, **persist the state first** (fenced on
-//! this instance's lease), make the calls concurrently, classify the answers with the status
+//! the driver's epoch, see [`crate::repo`]), make the calls concurrently, classify the answers with the status
 //! contract, feed them back as events, and repeat until the phase is terminal. Transient
 //! failures back off exponentially with full jitter; the retry deadline (the reservation TTL,
 //! counted from when this instance started driving) turns endless forward retries into a
@@ -109,8 +109,8 @@ impl Orchestrator {
         &self.inner.instance
     }
 
-    /// Applies `event` (an operator's force-fail) to a saga this instance has leased, persists
-    /// it, then drives the saga.
+    /// Applies `event` (an operator's force-fail) to a saga this driver has just claimed,
+    /// persists it (fenced on the claim's epoch), then drives the saga.
     pub async fn apply_and_drive(
         &self,
         mut record: OrderRecord,
@@ -122,10 +122,12 @@ impl Orchestrator {
         self.drive(record).await
     }
 
-    /// Drives a saga this instance has leased until it is terminal, or until compensation has
-    /// used its budget (the recovery loop finishes it later). Returns the last persisted state;
-    /// fails with [`RepoError::LostLease`] when another instance took the saga over (it will
-    /// finish it), or with the database error that interrupted it (recovery will).
+    /// Drives a saga this driver has claimed (`record.epoch` is its fencing token) until it is
+    /// terminal, or until compensation has used its budget (the recovery loop finishes it
+    /// later). Returns the last state it **persisted**, never an unwritten in-memory state.
+    /// Fails with [`RepoError::LostLease`] as soon as one of its writes is refused because a
+    /// newer claim superseded it (that driver finishes the saga), or with the database error
+    /// that interrupted it (recovery will finish it).
     #[tracing::instrument(skip_all, fields(order_id = %record.order_id), err)]
     pub async fn drive(&self, mut record: OrderRecord) -> Result<OrderRecord, RepoError> {
         let cfg = &self.inner.config;
@@ -187,16 +189,13 @@ impl Orchestrator {
             commands = next;
         }
         if record.saga.phase.is_terminal() {
-            self.inner
-                .repo
-                .finish(&record.order_id, &self.inner.instance)
-                .await?;
             tracing::info!(phase = record.saga.phase.as_str(), reason = ?record.saga.reason, "saga finished");
         }
         Ok(record)
     }
 
-    /// Writes the saga state (fenced on this instance's lease). Failpoints
+    /// Writes the saga state, fenced on this instance's name, the record's epoch and a
+    /// non-terminal stored phase. Failpoints
     /// `order-before-persist-<phase>` and `order-after-persist-<phase>` surround the write,
     /// `<phase>` being the phase written.
     async fn persist(&self, record: &OrderRecord) -> Result<OrderRecord, RepoError> {

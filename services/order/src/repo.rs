@@ -1,4 +1,12 @@
-//! The orders table: creation, lease-fenced saga persistence, recovery claims and queries.
+//! The orders table: creation, fenced saga persistence, claims and queries.
+//!
+//! Fencing (docs/design.md, "Leases and fencing"): every claim of a saga (creation, a recovery
+//! claim, a waiting client's take-over, an operator's take-over) increments the row's `epoch`
+//! and hands the new value to exactly one driver. Every write of that driver is conditional on
+//! `lease_owner`, `epoch` **and** a non-terminal phase, so a driver that was superseded (even
+//! by the same instance, or by a second process configured with the same instance id) has its
+//! next write refused with [`RepoError::LostLease`] and stops; a terminal row is never
+//! rewritten.
 //!
 //! Domain types only: prost types never reach this module.
 
@@ -70,6 +78,9 @@ pub struct OrderRecord {
     pub last_error: Option<String>,
     /// Instance driving the saga.
     pub lease_owner: Option<String>,
+    /// Fencing token: incremented by every claim or take-over. The driver that holds this
+    /// record may write only while the stored epoch still equals it.
+    pub epoch: i64,
     /// Lease end (database clock, Unix ms).
     pub lease_expires_at: Option<i64>,
     /// Created (Unix ms).
@@ -88,8 +99,9 @@ impl OrderRecord {
 /// Repository errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    /// Another instance took the saga over: this driver must stop.
-    #[error("lease on order {0} was lost to another instance")]
+    /// The saga was claimed by another driver (a newer epoch) or is already terminal: this
+    /// driver's write was refused and it must stop.
+    #[error("order {0} is no longer driven by this driver (superseded or finished)")]
     LostLease(String),
     /// A stored value does not parse (a bug or a newer schema).
     #[error("corrupt order row {0}: {1}")]
@@ -110,9 +122,12 @@ pub enum Created {
 
 const COLUMNS: &str = "order_id, idempotency_key, customer_id, food_id, zone, phase, store_leg, \
     delivery_leg, packet_id, agent_id, reason, detail, last_transient, attempts, last_error, \
-    lease_owner, lease_expires_at, created_at, updated_at";
+    lease_owner, lease_expires_at, epoch, created_at, updated_at";
 
 const UNFINISHED: &str = "phase IN ('reserving', 'assigning', 'compensating')";
+
+/// Every claim: a new owner, a new lease and the next fencing token.
+const CLAIM: &str = "lease_owner = $2, lease_expires_at = {now} + $3, epoch = epoch + 1";
 
 #[derive(Debug)]
 struct Queries {
@@ -124,7 +139,6 @@ struct Queries {
     by_id: String,
     by_key: String,
     stuck: String,
-    finish_lease: String,
 }
 
 /// The orders repository.
@@ -145,9 +159,9 @@ impl OrderRepo {
             insert: db.sql(&format!(
                 "INSERT INTO orders (order_id, idempotency_key, customer_id, food_id, zone, state, \
                    phase, store_leg, delivery_leg, attempts, lease_owner, lease_expires_at, \
-                   created_at, updated_at) \
+                   epoch, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, 'pending', 'reserving', 'unknown', 'unknown', 0, $6, \
-                   {{now}} + $7, {{now}}, {{now}}) \
+                   {{now}} + $7, 1, {{now}}, {{now}}) \
                  RETURNING {COLUMNS}"
             )),
             persist: db.sql(&format!(
@@ -155,26 +169,26 @@ impl OrderRepo {
                    packet_id = $7, agent_id = $8, reason = $9, detail = $10, last_transient = $11, \
                    attempts = $12, last_error = $13, lease_expires_at = {{now}} + $14, \
                    updated_at = {{now}} \
-                 WHERE order_id = $1 AND lease_owner = $2 \
+                 WHERE order_id = $1 AND lease_owner = $2 AND epoch = $15 AND {UNFINISHED} \
                  RETURNING {COLUMNS}"
             )),
             claim_expired: db.sql(&format!(
-                "UPDATE orders SET lease_owner = $1, lease_expires_at = {{now}} + $2 \
+                "UPDATE orders SET {CLAIM} \
                  WHERE order_id IN ( \
                    SELECT order_id FROM orders \
                    WHERE {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
-                   ORDER BY lease_expires_at LIMIT $3 {{skip_locked}}) \
+                   ORDER BY lease_expires_at LIMIT $1 {{skip_locked}}) \
                  AND {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
                  RETURNING {COLUMNS}"
             )),
             claim_one: db.sql(&format!(
-                "UPDATE orders SET lease_owner = $2, lease_expires_at = {{now}} + $3 \
+                "UPDATE orders SET {CLAIM} \
                  WHERE order_id = $1 AND {UNFINISHED} \
                    AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
                  RETURNING {COLUMNS}"
             )),
             take_over: db.sql(&format!(
-                "UPDATE orders SET lease_owner = $2, lease_expires_at = {{now}} + $3 \
+                "UPDATE orders SET {CLAIM} \
                  WHERE order_id = $1 AND {UNFINISHED} \
                  RETURNING {COLUMNS}"
             )),
@@ -183,9 +197,6 @@ impl OrderRepo {
             stuck: format!(
                 "SELECT {COLUMNS} FROM orders WHERE {UNFINISHED} ORDER BY created_at, order_id LIMIT $1"
             ),
-            finish_lease: "UPDATE orders SET lease_expires_at = NULL \
-                 WHERE order_id = $1 AND lease_owner = $2"
-                .to_owned(),
         };
         Self {
             db,
@@ -229,9 +240,12 @@ impl OrderRepo {
         }
     }
 
-    /// Writes the saga state, fenced on the lease: fails with [`RepoError::LostLease`] when
-    /// another instance took the order over. Renews the lease.
-    #[tracing::instrument(skip_all, fields(order_id = %record.order_id, phase = record.saga.phase.as_str()), err)]
+    /// Writes the saga state of the driver holding `record`, fenced on its owner **and**
+    /// epoch and on the stored phase not being terminal. Renews the lease, or clears it when
+    /// the written phase is terminal (the saga needs no driver any more). Fails with
+    /// [`RepoError::LostLease`] when the driver was superseded or the order already finished:
+    /// the caller must stop driving and read the stored outcome.
+    #[tracing::instrument(skip_all, fields(order_id = %record.order_id, epoch = record.epoch, phase = record.saga.phase.as_str()), err)]
     pub async fn persist(
         &self,
         record: &OrderRecord,
@@ -239,6 +253,7 @@ impl OrderRepo {
         lease: Duration,
     ) -> Result<OrderRecord, RepoError> {
         let saga = &record.saga;
+        let lease_ms = (!saga.phase.is_terminal()).then(|| ms(lease));
         let row = sqlx::query(AssertSqlSafe(self.sql.persist.as_str()))
             .bind(&record.order_id)
             .bind(owner)
@@ -253,7 +268,8 @@ impl OrderRepo {
             .bind(saga.last_transient.map(|s| s.as_str()))
             .bind(record.attempts)
             .bind(record.last_error.clone())
-            .bind(ms(lease))
+            .bind(lease_ms)
+            .bind(record.epoch)
             .fetch_optional(self.db.pool())
             .await?;
         match row {
@@ -262,18 +278,8 @@ impl OrderRepo {
         }
     }
 
-    /// Gives the lease up once the saga is terminal, keeping the owner for the audit trail.
-    pub async fn finish(&self, order_id: &str, owner: &str) -> Result<(), RepoError> {
-        sqlx::query(AssertSqlSafe(self.sql.finish_lease.as_str()))
-            .bind(order_id)
-            .bind(owner)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Claims up to `limit` unfinished orders whose lease ran out, for `owner`. Atomic: two
-    /// instances never claim the same order.
+    /// Claims up to `limit` unfinished orders whose lease ran out, for `owner`, each with a
+    /// new epoch. Atomic: two instances never claim the same order.
     pub async fn claim_expired(
         &self,
         owner: &str,
@@ -281,15 +287,16 @@ impl OrderRepo {
         limit: i64,
     ) -> Result<Vec<OrderRecord>, RepoError> {
         let rows = sqlx::query(AssertSqlSafe(self.sql.claim_expired.as_str()))
+            .bind(limit)
             .bind(owner)
             .bind(ms(lease))
-            .bind(limit)
             .fetch_all(self.db.pool())
             .await?;
         rows.iter().map(decode).collect()
     }
 
-    /// Claims one unfinished order if its lease ran out.
+    /// Claims one unfinished order if its lease ran out (a waiting client's take-over), with a
+    /// new epoch.
     pub async fn claim_one(
         &self,
         order_id: &str,
@@ -300,8 +307,9 @@ impl OrderRepo {
             .await
     }
 
-    /// Takes an unfinished order over regardless of its lease (operator re-drive). The previous
-    /// driver's next write fails on the fence and it stops.
+    /// Takes an unfinished order over regardless of its lease (operator redrive or
+    /// force-fail), with a new epoch. The previous driver's next write fails on the fence and
+    /// it stops, even when it runs in this same instance.
     pub async fn take_over(
         &self,
         order_id: &str,
@@ -434,6 +442,7 @@ fn decode(row: &AnyRow) -> Result<OrderRecord, RepoError> {
         attempts: row.try_get("attempts")?,
         last_error: row.try_get("last_error")?,
         lease_owner: row.try_get("lease_owner")?,
+        epoch: row.try_get("epoch")?,
         lease_expires_at: row.try_get("lease_expires_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use order_saga_proto::{
-    order::v1::{NotPlacedReason, Order, OrderState, PlaceOrderRequest},
+    order::v1::{
+        ForceFailOrderRequest, NotPlacedReason, Order, OrderState, PlaceOrderRequest,
+        RedriveOrderRequest,
+    },
     reservation::v1::{
         AssignRequest, ReserveRequest, reservation_service_client::ReservationServiceClient,
     },
@@ -745,6 +748,130 @@ async fn s9_sweepers_killed_doubled_and_racing_assigns() {
     pool.close().await;
     second.stop().await;
     assert_quiet_invariants(&c).await;
+    c.shutdown().await;
+}
+
+/// The stored customer state (`pending`, `placed`, `not_placed`) of the order with `key`.
+async fn stored_state(c: &ProcCluster, key: &str) -> String {
+    let pool = any_pool(&c.pg.url("orders")).await.expect("connect");
+    let state: String = sqlx::query_scalar("SELECT state FROM orders WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .expect("order row");
+    pool.close().await;
+    state
+}
+
+fn told(order: &Order) -> &'static str {
+    match OrderState::try_from(order.state) {
+        Ok(OrderState::Placed) => "placed",
+        Ok(OrderState::NotPlaced) => "not_placed",
+        _ => "pending",
+    }
+}
+
+/// An operator action in s11.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Takeover {
+    ForceFail,
+    Redrive,
+}
+
+/// Two drivers on one saga. Instance 0 drives an order whose store assign is slowed (4 s
+/// before its commit); meanwhile an operator takes the saga over on the same instance, on a
+/// second instance, or on a second process configured with the same instance id. The first
+/// driver must be fenced off: every answer (the customer's and the operator's) is the stored
+/// outcome, a force-fail ends `NOT_PLACED` with nothing held, and a redrive ends `PLACED`.
+/// (Before fencing tokens, the same-instance and same-id force-fails told the customer
+/// `PLACED` for an order stored `NOT_PLACED` with its packet and agent free again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s11_operator_takeover_fences_the_slowed_driver() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(
+        ProcConfig {
+            order_instances: 2,
+            // Long enough that neither the call timeout, the lease nor the reservation runs
+            // out during the slow assign: only the operator takes the saga over.
+            call_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(20),
+            reservation_ttl: Duration::from_secs(30),
+            ..ProcConfig::default()
+        },
+        8,
+    )
+    .await;
+    let cases = [
+        ("s11-same-force", 0, Takeover::ForceFail, false),
+        ("s11-same-redrive", 0, Takeover::Redrive, false),
+        ("s11-other-force", 1, Takeover::ForceFail, false),
+        ("s11-other-redrive", 1, Takeover::Redrive, false),
+        ("s11-twin-force", 1, Takeover::ForceFail, true),
+    ];
+    for (key, target, action, twin) in cases {
+        let own_id = c.orders[1].name.clone();
+        if twin {
+            c.restart_order_as(1, "order0").await.expect("twin");
+        }
+        arm(
+            &mut c,
+            "store",
+            "participant-assign-before-commit=1*sleep(4000)",
+        )
+        .await;
+        let req = request(key, "pizza", "north");
+        let customer = spawn_place(&c, &req).await;
+        wait_phase(&c, key, "assigning").await;
+        // The store assign is now inside its slowed transaction.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let order_id = c
+            .order_client(0)
+            .await
+            .expect("client")
+            .list_orders(order_saga_proto::order::v1::ListOrdersRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .orders
+            .into_iter()
+            .find(|o| o.idempotency_key == key)
+            .expect("the order is listed")
+            .order_id;
+        let mut admin = c.order_admin_client(target).await.expect("admin");
+        let operator = match action {
+            Takeover::ForceFail => admin
+                .force_fail_order(ForceFailOrderRequest { order_id })
+                .await
+                .map(tonic::Response::into_inner),
+            Takeover::Redrive => admin
+                .redrive_order(RedriveOrderRequest { order_id })
+                .await
+                .map(tonic::Response::into_inner),
+        };
+        let customer = customer
+            .await
+            .expect("join")
+            .map(tonic::Response::into_inner);
+        wait_all_sagas_finished(&c).await;
+        let stored = stored_state(&c, key).await;
+        let expected = match action {
+            Takeover::ForceFail => "not_placed",
+            Takeover::Redrive => "placed",
+        };
+        assert_eq!(stored, expected, "{key}: stored outcome");
+        let customer = customer.unwrap_or_else(|s| panic!("{key}: customer refused: {s:?}"));
+        assert_eq!(told(&customer), stored, "{key}: customer told {customer:?}");
+        let operator = operator.unwrap_or_else(|s| panic!("{key}: operator refused: {s:?}"));
+        assert_eq!(told(&operator), stored, "{key}: operator told {operator:?}");
+        // Nothing stays held for the failed orders; the placed ones hold exactly their units.
+        assert_quiet_invariants(&c).await;
+        if twin {
+            c.restart_order_as(1, &own_id).await.expect("own id again");
+        }
+    }
     c.shutdown().await;
 }
 

@@ -1,0 +1,306 @@
+//! The use cases behind `PlaceOrder`, `RedriveOrder` and `ForceFailOrder`: creating or
+//! replaying an order, claiming a saga, driving it in its own task and waiting for its outcome
+//! within the client's deadline.
+//!
+//! Every path that drives a saga first **claims** it, which increments the order's fencing
+//! epoch (see [`crate::repo`]): creation, a waiting client taking over an expired lease, and an
+//! operator taking over regardless of the lease. Whoever held the saga before is fenced off and
+//! stops at its next write, even when it runs in this same process. An answer is always a
+//! state that is stored: either what our own driver wrote last (its writes succeed only while
+//! it holds the newest epoch and the order is not terminal) or what we read back from the
+//! database after our driver was superseded. A stale in-memory state is never answered.
+
+use std::{sync::Arc, time::Duration};
+
+use order_saga_saga::Event;
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::{
+    catalogue::Catalogue,
+    orchestrator::Orchestrator,
+    repo::{Created, NewOrder, OrderRecord, OrderState, RepoError},
+};
+
+/// How often a waiting request re-reads an order another driver is running.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// Answer this long before the client's deadline, so it gets our status rather than a timeout.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// Why a placement or an operator action did not produce an order to answer with. Mapped to a
+/// gRPC status in one place, [`From<PlaceError> for Status`](#impl-From<PlaceError>-for-Status).
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// The idempotency key exists with different order parameters.
+    #[error("idempotency_key was already used for a different order")]
+    KeyReused,
+    /// The food or zone does not exist.
+    #[error("{field} {value:?} not found")]
+    UnknownPool {
+        /// `food_id` or `zone`.
+        field: &'static str,
+        /// What the client sent.
+        value: String,
+    },
+    /// No order has this id.
+    #[error("order_id {0:?} not found")]
+    NoSuchOrder(String),
+    /// An operator tried to fail an order that is already placed.
+    #[error("order {0} is placed; it cannot be failed")]
+    AlreadyPlaced(String),
+    /// The saga is still running when the client's deadline comes.
+    #[error("order {0} is still being placed; retry with the same idempotency_key for its outcome")]
+    StillRunning(String),
+    /// The driver stopped on a database error; the recovery loop will finish the saga.
+    #[error(
+        "order {0} was accepted but its outcome is not known yet; retry with the same \
+         idempotency_key"
+    )]
+    OutcomeUnknown(String),
+    /// A participant could not answer the catalogue check.
+    #[error("{0} service unavailable, retry later")]
+    ParticipantUnavailable(&'static str),
+    /// The saga task panicked (a bug); the recovery loop will finish the saga.
+    #[error("saga task of order {0} failed")]
+    TaskFailed(String),
+    /// The orders database failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl From<PlaceError> for Status {
+    fn from(err: PlaceError) -> Self {
+        let message = err.to_string();
+        match err {
+            PlaceError::KeyReused => Status::invalid_argument(message),
+            PlaceError::UnknownPool { .. } | PlaceError::NoSuchOrder(_) => {
+                Status::not_found(message)
+            }
+            PlaceError::AlreadyPlaced(_) => Status::failed_precondition(message),
+            PlaceError::StillRunning(_) => Status::deadline_exceeded(message),
+            PlaceError::OutcomeUnknown(_) | PlaceError::ParticipantUnavailable(_) => {
+                Status::unavailable(message)
+            }
+            PlaceError::TaskFailed(_) => {
+                tracing::error!(error = %message, "saga task failed; recovery will finish it");
+                Status::internal("internal error")
+            }
+            PlaceError::Repo(e) => e.into(),
+        }
+    }
+}
+
+/// What an operator's take-over found.
+#[derive(Debug)]
+pub enum TakeOver {
+    /// The saga was unfinished and is now claimed by us with a new epoch.
+    Claimed(OrderRecord),
+    /// The order is already terminal: nothing to drive.
+    Finished(OrderRecord),
+}
+
+/// The placement use cases of one order-service instance.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    orchestrator: Orchestrator,
+    catalogue: Arc<Catalogue>,
+    /// Longest a request waits for its saga when the client sets no shorter deadline.
+    max_wait: Duration,
+}
+
+impl Placement {
+    /// Placement over an orchestrator and the catalogue check.
+    pub fn new(orchestrator: Orchestrator, catalogue: Catalogue, max_wait: Duration) -> Self {
+        Self {
+            orchestrator,
+            catalogue: Arc::new(catalogue),
+            max_wait,
+        }
+    }
+
+    /// The orchestrator.
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orchestrator
+    }
+
+    /// When a request with the client's `timeout` (if it sent one) must be answered.
+    pub fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        let wait = timeout
+            .map(|d| d.saturating_sub(DEADLINE_MARGIN))
+            .map_or(self.max_wait, |d| d.min(self.max_wait));
+        Instant::now() + wait
+    }
+
+    /// Places `order`, or replays the outcome of an earlier request with its idempotency key.
+    pub async fn place(
+        &self,
+        order: NewOrder,
+        deadline: Instant,
+    ) -> Result<OrderRecord, PlaceError> {
+        let repo = self.orchestrator.repo();
+        if let Some(existing) = repo.by_key(&order.idempotency_key).await? {
+            return self.replay(existing, &order, deadline).await;
+        }
+        self.catalogue.check(&order.food_id, &order.zone).await?;
+
+        let order_id = format!("ord-{}", uuid::Uuid::new_v4().simple());
+        let span = tracing::info_span!("place_order", order_id = %order_id);
+        async {
+            let orch = &self.orchestrator;
+            match repo
+                .create(&order_id, &order, orch.instance(), orch.config().lease)
+                .await?
+            {
+                Created::New(record) => {
+                    fail::fail_point!("order-after-create");
+                    self.drive_and_wait(record, None, deadline).await
+                }
+                Created::Existing(existing) => self.replay(existing, &order, deadline).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// An operator's redrive: claims the saga whatever its lease and drives it from its stored
+    /// state. A finished order is returned as it is.
+    pub async fn redrive(
+        &self,
+        order_id: &str,
+        deadline: Instant,
+    ) -> Result<OrderRecord, PlaceError> {
+        match self.take_over(order_id).await? {
+            TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline).await,
+            TakeOver::Finished(record) => Ok(record),
+        }
+    }
+
+    /// An operator's force-fail: claims the saga whatever its lease and compensates it. A
+    /// placed order cannot be failed; a not-placed one is returned as it is.
+    pub async fn force_fail(
+        &self,
+        order_id: &str,
+        deadline: Instant,
+    ) -> Result<OrderRecord, PlaceError> {
+        match self.take_over(order_id).await? {
+            TakeOver::Claimed(record) if record.state() == OrderState::Pending => {
+                self.drive_and_wait(record, Some(Event::ForceFail), deadline)
+                    .await
+            }
+            // Already compensating: the decision stands, finish the releases.
+            TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline).await,
+            TakeOver::Finished(record) if record.state() == OrderState::Placed => {
+                Err(PlaceError::AlreadyPlaced(record.order_id))
+            }
+            TakeOver::Finished(record) => Ok(record),
+        }
+    }
+
+    /// Claims an unfinished order regardless of its lease (a new epoch fences off its current
+    /// driver), or reports that it is finished.
+    async fn take_over(&self, order_id: &str) -> Result<TakeOver, PlaceError> {
+        let orch = &self.orchestrator;
+        if let Some(claimed) = orch
+            .repo()
+            .take_over(order_id, orch.instance(), orch.config().lease)
+            .await?
+        {
+            return Ok(TakeOver::Claimed(claimed));
+        }
+        match orch.repo().by_id(order_id).await? {
+            Some(finished) => Ok(TakeOver::Finished(finished)),
+            None => Err(PlaceError::NoSuchOrder(order_id.to_owned())),
+        }
+    }
+
+    /// Drives a saga we have just claimed in its own task, so a client that goes away does not
+    /// abandon it half-way, and waits for the outcome until `deadline`. When our driver is
+    /// superseded, waits for the stored outcome instead.
+    async fn drive_and_wait(
+        &self,
+        record: OrderRecord,
+        event: Option<Event>,
+        deadline: Instant,
+    ) -> Result<OrderRecord, PlaceError> {
+        let order_id = record.order_id.clone();
+        let orchestrator = self.orchestrator.clone();
+        // The task keeps the request's span, so the saga's calls stay in the caller's trace.
+        let task = tokio::spawn(
+            async move {
+                match event {
+                    Some(e) => orchestrator.apply_and_drive(record, e).await,
+                    None => orchestrator.drive(record).await,
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match tokio::time::timeout_at(deadline, task).await {
+            // The last state our driver persisted: stored, and never rewritten once terminal.
+            Ok(Ok(Ok(stored))) => Ok(stored),
+            Ok(Ok(Err(RepoError::LostLease(_)))) => {
+                tracing::info!(
+                    order_id,
+                    "driver superseded; answering from the stored outcome"
+                );
+                self.wait_for_outcome(&order_id, deadline).await
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(order_id, error = %e, "saga interrupted; recovery will finish it");
+                Err(PlaceError::OutcomeUnknown(order_id))
+            }
+            Ok(Err(join)) => {
+                tracing::error!(order_id, error = %join, "saga task panicked");
+                Err(PlaceError::TaskFailed(order_id))
+            }
+            Err(_) => Err(PlaceError::StillRunning(order_id)),
+        }
+    }
+
+    /// Waits for an order another driver (or the recovery loop) is running, reading its stored
+    /// state; claims it (a new epoch) when its lease runs out.
+    async fn wait_for_outcome(
+        &self,
+        order_id: &str,
+        deadline: Instant,
+    ) -> Result<OrderRecord, PlaceError> {
+        let orch = &self.orchestrator;
+        loop {
+            let record = orch
+                .repo()
+                .by_id(order_id)
+                .await?
+                .ok_or_else(|| PlaceError::NoSuchOrder(order_id.to_owned()))?;
+            if record.state() != OrderState::Pending {
+                return Ok(record);
+            }
+            if let Some(claimed) = orch
+                .repo()
+                .claim_one(order_id, orch.instance(), orch.config().lease)
+                .await?
+            {
+                return Box::pin(self.drive_and_wait(claimed, None, deadline)).await;
+            }
+            if Instant::now() + POLL_INTERVAL >= deadline {
+                return Err(PlaceError::StillRunning(order_id.to_owned()));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// A repeat of an idempotency key: the same order's outcome, waiting for it if needed.
+    async fn replay(
+        &self,
+        existing: OrderRecord,
+        request: &NewOrder,
+        deadline: Instant,
+    ) -> Result<OrderRecord, PlaceError> {
+        if &existing.request != request {
+            return Err(PlaceError::KeyReused);
+        }
+        if existing.state() != OrderState::Pending {
+            return Ok(existing);
+        }
+        self.wait_for_outcome(&existing.order_id, deadline).await
+    }
+}
