@@ -172,6 +172,12 @@ type Halves = (
 
 /// Copies one direction, applying the fault to every chunk. Returns the halves when the link
 /// must be reset, so the caller can send RSTs.
+///
+/// A TCP stream never loses bytes in the middle and carries on, so neither does the proxy: a
+/// connection that dropped response bytes is closed when the fault ends (the caller saw a lost
+/// response, then a dead connection), and a chunk caught by a stall is delivered after it.
+/// Resuming a stream with a hole in it would desynchronise the protocol on top (PostgreSQL's
+/// wire protocol would pair a query with another query's answer), which no real network does.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -179,6 +185,7 @@ async fn pump(
     is_response: bool,
 ) -> std::io::Result<Option<Halves>> {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut dropped_bytes = false;
     loop {
         let current = *fault.borrow_and_update();
         match current {
@@ -192,6 +199,10 @@ async fn pump(
                     return Ok(None);
                 }
                 continue;
+            }
+            _ if dropped_bytes && current != Fault::DropResponses => {
+                let _ = to.shutdown().await;
+                return Ok(None);
             }
             _ => {}
         }
@@ -208,15 +219,26 @@ async fn pump(
             let _ = to.shutdown().await;
             return Ok(None);
         }
+        // A stall that began while we read holds the chunk until it ends.
+        while *fault.borrow() == Fault::Stall {
+            if fault.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
         let now = *fault.borrow();
         match now {
             Fault::Latency(d) => {
                 tokio::time::sleep(d).await;
                 to.write_all(&buf[..n]).await?;
             }
-            Fault::DropResponses if is_response => {}
-            Fault::Cut | Fault::Reset | Fault::Stall => {
-                // The fault changed while we read: drop the chunk, the loop applies it.
+            Fault::DropResponses if is_response => dropped_bytes = true,
+            Fault::Cut | Fault::Reset => {
+                // The fault changed while we read: the link dies, the loop applies it.
+            }
+            _ if dropped_bytes => {
+                // Healed after dropping: never resume a stream with a hole in it.
+                let _ = to.shutdown().await;
+                return Ok(None);
             }
             _ => to.write_all(&buf[..n]).await?,
         }
@@ -286,6 +308,29 @@ mod tests {
         }
         proxy.set(Fault::None);
         assert!(round_trip(proxy.addr(), short).await.is_some(), "heals");
+    }
+
+    /// After dropping a response, the stream must not resume with a hole in it: the
+    /// connection is closed when the fault ends, so a later answer is never read in place of
+    /// the lost one.
+    #[tokio::test]
+    async fn a_connection_that_lost_a_response_is_closed_not_resumed() {
+        let proxy = FaultProxy::start(echo_server().await).await.expect("proxy");
+        let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
+        proxy.set(Fault::DropResponses);
+        s.write_all(b"lost").await.expect("write");
+        let mut buf = [0u8; 4];
+        let lost = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        assert!(lost.is_err(), "the response was dropped");
+        proxy.set(Fault::None);
+        let _ = s.write_all(b"next").await;
+        let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("the proxy closes the connection");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "a later response was delivered on a stream that lost one: {read:?} {buf:?}"
+        );
     }
 
     #[tokio::test]
