@@ -7,7 +7,7 @@
 //! picked up by another instance after a crash resumes from its persisted state alone
 //! ([`Event::Resume`]).
 //!
-//! The flow (DESIGN.md):
+//! The flow (docs/design.md):
 //! 1. `Reserving`: reserve a packet (store) and an agent (delivery) concurrently.
 //! 2. `Assigning`: once both are reserved, assign both.
 //! 3. `Placed` once both assignments are acknowledged.

@@ -728,7 +728,7 @@ async fn place_many(
     outcome
 }
 
-/// Checks invariants 1-3 of DESIGN.md as far as the public APIs show them.
+/// Checks invariants 1-3 of docs/design.md as far as the public APIs show them.
 async fn verify(cli: &Cli, wait: Duration) -> anyhow::Result<()> {
     let mut orders_client = OrderServiceClient::new(connect(&cli.order).await?);
     let mut store = StoreServiceClient::new(connect(&cli.store).await?);

@@ -1,4 +1,4 @@
-//! The five invariants of DESIGN.md, checked by reading all three databases directly.
+//! The five invariants of docs/design.md, checked by reading all three databases directly.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,7 +21,7 @@ pub type Stock = HashMap<(&'static str, String), i64>;
 /// One broken invariant and the rows that break it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// Invariant number in DESIGN.md (1 to 5).
+    /// Invariant number in docs/design.md (1 to 5).
     pub invariant: u8,
     /// The offending rows, in words.
     pub detail: String,

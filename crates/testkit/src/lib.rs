@@ -4,7 +4,7 @@
 //! - [`proxy`]: a TCP fault proxy for every link: latency, stall, reset, dropped responses, cut.
 //! - [`procs`]: the three services as real processes (so `SIGKILL` is a real crash), each link
 //!   through a proxy, with per-process failpoints through the `FAILPOINTS` variable.
-//! - [`invariants`]: DESIGN.md's five invariants, checked by reading all three databases.
+//! - [`invariants`]: docs/design.md's five invariants, checked by reading all three databases.
 //! - [`campaign`]: the randomized chaos campaign behind `make chaos` / `sagactl chaos`.
 
 pub mod campaign;

@@ -1,5 +1,5 @@
 //! End-to-end test support: a whole order-saga cluster in one test process, each service on
-//! port 0 with its own fresh database, and the invariant checker of DESIGN.md that reads all
+//! port 0 with its own fresh database, and the invariant checker of docs/design.md that reads all
 //! three databases directly.
 
 use std::{net::SocketAddr, sync::Mutex, time::Duration};
@@ -268,7 +268,7 @@ impl Cluster {
             .expect("connect order db")
     }
 
-    /// Every violated invariant of DESIGN.md, read from the three databases; with `quiet`,
+    /// Every violated invariant of docs/design.md, read from the three databases; with `quiet`,
     /// invariant 3 too.
     pub async fn violations(&self, quiet: bool) -> Vec<String> {
         let stock = self.stock.lock().expect("stock").clone();

@@ -1,7 +1,7 @@
 //! Failure injection with real processes: every service is its own OS process (so `SIGKILL` is
 //! a real crash), on a throwaway PostgreSQL the test can stop, with a fault proxy on every link
 //! and failpoints set per process through `FAILPOINTS`. Each scenario ends by checking the five
-//! invariants of DESIGN.md once the system is quiet.
+//! invariants of docs/design.md once the system is quiet.
 //!
 //! Needs binaries built with the `failpoints` feature (`make test` builds them first).
 
