@@ -74,6 +74,33 @@ impl Backend {
     }
 }
 
+/// Runs a transaction's `work` on a task of its own, so that it completes even when the
+/// caller's future is dropped.
+///
+/// A request's future is dropped whenever its client cancels or its deadline passes, at any
+/// `.await`. Dropped while `begin()` waits for the server's answer, sqlx (0.9) returns the
+/// connection to the pool with the server still **inside** the transaction: its rollback guard
+/// does nothing until the begin has completed. The next caller's autocommit writes on that
+/// connection then join the orphan transaction: acknowledged, invisible to every other
+/// connection, and lost when the connection closes (an assign the orchestrator was told
+/// succeeded, for instance). Every transaction that a request starts therefore runs detached
+/// from the request; the request only waits for its result. A panic in `work` is re-raised
+/// here; a task cancelled by a shutting-down runtime reports [`sqlx::Error::PoolClosed`].
+pub async fn detached<T, E>(
+    work: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<sqlx::Error> + Send + 'static,
+{
+    use tracing::Instrument;
+    match tokio::spawn(work.instrument(tracing::Span::current())).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(sqlx::Error::PoolClosed.into()),
+    }
+}
+
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct DbOptions {

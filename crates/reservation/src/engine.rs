@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use order_saga_platform::db::{Db, is_unique_violation};
+use order_saga_platform::db::{Db, detached, is_unique_violation};
 use sqlx::AssertSqlSafe;
 use tracing::instrument;
 
@@ -302,7 +302,9 @@ impl Engine {
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         for attempt in 1..=self.config.claim_attempts.max(1) {
-            if let Claim::Claimed(r) = self.try_reserve(order_id, pool, ttl_ms).await? {
+            let (this, order, pool_id) = (self.clone(), order_id.to_owned(), pool.to_owned());
+            let claim = detached(async move { this.try_reserve(&order, &pool_id, ttl_ms).await });
+            if let Claim::Claimed(r) = claim.await? {
                 return Ok(r);
             }
             let free: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.free_count.as_str()))
@@ -424,6 +426,11 @@ impl Engine {
     /// freed by this call, if any.
     #[instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
     pub async fn release(&self, order_id: &str) -> Result<Option<String>, EngineError> {
+        let (this, order_id) = (self.clone(), order_id.to_owned());
+        detached(async move { this.release_tx(&order_id).await }).await
+    }
+
+    async fn release_tx(&self, order_id: &str) -> Result<Option<String>, EngineError> {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(AssertSqlSafe(self.sql.tombstone.as_str()))
             .bind(order_id)
@@ -483,6 +490,12 @@ impl Engine {
                 "count must be between 1 and {MAX_UNITS_PER_CALL}"
             )));
         }
+        let (this, pool_id) = (self.clone(), pool.to_owned());
+        detached(async move { this.add_units_tx(&pool_id, count).await }).await?;
+        self.pool_info(pool).await
+    }
+
+    async fn add_units_tx(&self, pool: &str, count: i64) -> Result<(), EngineError> {
         let mut tx = self.db.pool().begin().await?;
         require_pool(&mut tx, pool).await?;
         let ids: Vec<String> = (0..count)
@@ -513,7 +526,7 @@ impl Engine {
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        self.pool_info(pool).await
+        Ok(())
     }
 
     /// One pool with its counts.
@@ -538,6 +551,11 @@ impl Engine {
     /// available again. Only assigned units can be finished.
     #[instrument(skip_all, fields(unit_id = %unit_id), err)]
     pub async fn finish_assignment(&self, unit_id: &str) -> Result<UnitHolder, EngineError> {
+        let (this, unit_id) = (self.clone(), unit_id.to_owned());
+        detached(async move { this.finish_assignment_tx(&unit_id).await }).await
+    }
+
+    async fn finish_assignment_tx(&self, unit_id: &str) -> Result<UnitHolder, EngineError> {
         let mut tx = self.db.pool().begin().await?;
         let row: Option<(String, Option<String>)> =
             sqlx::query_as(AssertSqlSafe(self.sql.lock_unit.as_str()))

@@ -409,3 +409,63 @@ both_backends!(
         assert_eq!(freed.len(), 40);
     }
 );
+
+both_backends!(
+    a_cancelled_call_never_leaves_its_transaction_on_the_connection,
+    |backend| async move {
+        // One pooled connection, so every call reuses the one a cancelled call used. A client
+        // that gives up (its deadline passes, it disconnects) drops the handler's future at
+        // any await. If the server were left inside that call's transaction, the next
+        // autocommit write on the connection (an assign) would join it: acknowledged, yet
+        // invisible to every other connection, and lost when the connection closes.
+        let url = fresh_database_url(backend, "engine").await;
+        let options = DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        };
+        let db = Db::connect(&url, &options, &MIGRATOR)
+            .await
+            .expect("connect");
+        let engine = Engine::new(db, EngineConfig::new("pkt"));
+        pool_with(&engine, "p", 400).await;
+        let observer = Db::connect(&url, &options, &MIGRATOR)
+            .await
+            .expect("observer");
+        let assigned_to =
+            observer.sql("SELECT order_id FROM units WHERE unit_id = $1 AND status = 'assigned'");
+        let mut cancelled = 0;
+        for i in 0..300u64 {
+            let (victim, order) = (format!("cancelled-{i}"), format!("order-{i}"));
+            let unit = engine.reserve(&order, "p", LONG).await.expect("reserve");
+            // Cancel a reserve and a release at points spread over their transactions.
+            let cut = Duration::from_micros(20 + (i * 7919) % 1500);
+            if tokio::time::timeout(cut, engine.reserve(&victim, "p", LONG))
+                .await
+                .is_err()
+            {
+                cancelled += 1;
+            }
+            if tokio::time::timeout(cut, engine.release(&victim))
+                .await
+                .is_err()
+            {
+                cancelled += 1;
+            }
+            // An acknowledged autocommit write must be visible to another connection at once.
+            engine.assign(&order, &unit.unit_id).await.expect("assign");
+            let holder: Option<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(assigned_to.clone()))
+                    .bind(&unit.unit_id)
+                    .fetch_optional(observer.pool())
+                    .await
+                    .expect("observe");
+            assert_eq!(
+                holder.as_deref(),
+                Some(order.as_str()),
+                "iteration {i}: an acknowledged assignment is invisible to other connections \
+                 (the connection was left inside a cancelled call's transaction)"
+            );
+        }
+        assert!(cancelled > 0, "the test cancelled calls mid-flight");
+    }
+);
