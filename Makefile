@@ -7,13 +7,16 @@ FEATURES ?= --features order-service/failpoints,store-service/failpoints,deliver
 DURATION ?= 10m
 CLIENTS  ?= 32
 
-.PHONY: build run test test-rust walkthrough chaos lint lint-proto fmt compose-up compose-down compose-smoke clean-data
+# What `make run` needs: the three services and the CLI (no test-only crates).
+RUN_PACKAGES ?= -p order-service -p store-service -p delivery-service -p sagactl
+
+.PHONY: build run test test-rust walkthrough chaos model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke clean-data
 BUF_VERSION ?= 1.75.0
 BUF := .tools/buf/node_modules/.bin/buf
 
-## Build every binary (one dev profile, shared with the tests).
+## Build the binaries a running cluster needs (one dev profile, shared with the tests).
 build:
-	$(CARGO) build --workspace --bins $(FEATURES)
+	$(CARGO) build $(RUN_PACKAGES) --bins $(FEATURES)
 
 ## Run the whole cluster locally on SQLite under ./data (Ctrl-C stops it).
 run: build
@@ -34,6 +37,15 @@ walkthrough: build
 ## The randomized chaos campaign on a local PostgreSQL cluster: make chaos DURATION=10m CLIENTS=32 [SEED=n]
 chaos: build
 	$(BIN_DIR)/sagactl chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
+
+## The exhaustive model check of the saga protocol (stateright): states, depth, verdict.
+## `make test` runs a smaller bound of the same model.
+model-check:
+	$(CARGO) run -p order-saga-model --bin model -- check --full
+
+## stateright's explorer UI on the model: open http://127.0.0.1:3000 (ADDR=host:port to move it).
+model-explore:
+	$(CARGO) run -p order-saga-model --bin model -- explore --addr $(or $(ADDR),127.0.0.1:3000)
 
 ## `buf lint` of the protos (buf from npm's @bufbuild/buf, installed into .tools/ once).
 lint-proto:
