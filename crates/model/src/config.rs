@@ -109,11 +109,6 @@ impl ModelConfig {
     pub fn takeovers() -> Self {
         Self {
             clients: 1,
-            packets: 1,
-            agents: 1,
-            instances: 2,
-            shared_instance_id: false,
-            fence_on_epoch: true,
             budget: Budgets {
                 crashes: 1,
                 lease_expiries: 1,
@@ -121,6 +116,7 @@ impl ModelConfig {
                 force_fails: 1,
                 ..Budgets::NONE
             },
+            ..Self::small()
         }
     }
 
