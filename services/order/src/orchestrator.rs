@@ -1,8 +1,8 @@
 //! Drives sagas: the only place where the pure state machine meets the network and the database.
 //!
 //! The loop is: take the commands the machine asked for, **persist the state first** (fenced on
-//! the driver's epoch, see [`crate::repo`]), make the calls concurrently, classify the answers with the status
-//! contract, feed them back as events, and repeat until the phase is terminal. Transient
+//! the driver's epoch, see [`crate::repo`]), make the calls concurrently, classify the answers
+//! with the status contract, feed them back as events, and repeat until the phase is terminal. Transient
 //! failures back off exponentially with full jitter; the retry deadline (the reservation TTL,
 //! counted from when this instance started driving) turns endless forward retries into a
 //! compensation.
