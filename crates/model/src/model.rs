@@ -437,9 +437,9 @@ fn call_of(command: &Command) -> Call {
 }
 
 /// A failed call as the orchestrator sees it: the production contract classifies the code.
-fn failure(command: &Command, code: tonic::Code) -> Event {
+fn failure(command: &Command, status: &tonic::Status) -> Event {
     let (side, call) = (command.side(), call_of(command));
-    match classify(call, code) {
+    match classify(call, status) {
         Verdict::Definitive(refusal) => Event::Refused {
             side,
             call,
@@ -459,7 +459,7 @@ fn event_for(command: &Command, outcome: Outcome) -> Event {
         },
         Outcome::Assigned => Event::Assigned { side },
         Outcome::Released => Event::Released { side },
-        Outcome::Exhausted | Outcome::FailedPrecondition => failure(command, outcome.code()),
+        Outcome::Exhausted | Outcome::FailedPrecondition => failure(command, &outcome.status()),
     }
 }
 
@@ -734,7 +734,7 @@ impl SagaModel {
     fn fail_call(s: &mut State, msg: &Msg, code: tonic::Code) -> Option<()> {
         if let Some(to) = msg.reply_to {
             let slot = s.slot_mut(to)?;
-            slot.answer = Some(failure(&slot.command, code));
+            slot.answer = Some(failure(&slot.command, &tonic::Status::new(code, "lost")));
         }
         Some(())
     }

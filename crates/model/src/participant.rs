@@ -5,7 +5,7 @@
 //! engine. Time is abstract: a reservation is either unexpired or expired, and expiry is an action
 //! of the model (time passes); the sweeper is another.
 
-use order_saga_saga::Side;
+use order_saga_saga::{Refusal, Side};
 
 /// One unit (a packet, an agent): the `units` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,12 +55,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The status code the participant's gRPC adapter answers with.
-    pub fn code(self) -> tonic::Code {
+    /// The status the participant's gRPC adapter answers a refusal with (its code and its
+    /// `ErrorInfo` reason, built by the production contract); `OK` for a success.
+    pub fn status(self) -> tonic::Status {
         match self {
-            Outcome::Reserved(_) | Outcome::Assigned | Outcome::Released => tonic::Code::Ok,
-            Outcome::Exhausted => tonic::Code::ResourceExhausted,
-            Outcome::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Outcome::Reserved(_) | Outcome::Assigned | Outcome::Released => tonic::Status::ok(""),
+            Outcome::Exhausted => Refusal::Exhausted.status("no free unit"),
+            Outcome::FailedPrecondition => Refusal::NotHeld.status("not held"),
         }
     }
 }

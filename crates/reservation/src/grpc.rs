@@ -8,6 +8,7 @@ use order_saga_proto::reservation::v1::{
     AssignRequest, AssignResponse, ReleaseRequest, ReleaseResponse, ReserveRequest,
     ReserveResponse, reservation_service_server::ReservationService,
 };
+use order_saga_saga::Refusal;
 use tonic::{Request, Response, Status};
 
 use crate::{Engine, EngineError};
@@ -18,14 +19,14 @@ pub const MAX_ID_LEN: usize = 64;
 impl From<EngineError> for Status {
     fn from(err: EngineError) -> Self {
         match err {
-            EngineError::UnknownPool(_) | EngineError::UnitNotFound(_) => {
-                Status::not_found(err.to_string())
-            }
-            EngineError::Exhausted(_) => Status::resource_exhausted(err.to_string()),
-            EngineError::Contended(_) => Status::aborted(err.to_string()),
+            // The saga's definitive refusals carry their ErrorInfo reason (see the contract).
+            EngineError::UnknownPool(_) => Refusal::UnknownPool.status(err.to_string()),
+            EngineError::Exhausted(_) => Refusal::Exhausted.status(err.to_string()),
             EngineError::Released(_) | EngineError::NotHeld(_) => {
-                Status::failed_precondition(err.to_string())
+                Refusal::NotHeld.status(err.to_string())
             }
+            EngineError::UnitNotFound(_) => Status::not_found(err.to_string()),
+            EngineError::Contended(_) => Status::aborted(err.to_string()),
             EngineError::PoolExists(_) => Status::already_exists(err.to_string()),
             EngineError::InvalidArgument(msg) => Status::invalid_argument(msg),
             EngineError::Db(e) => status_from_db_error(&e, "reservation engine"),

@@ -1,16 +1,32 @@
 //! The status-code contract between the orchestrator and the participants, written down once.
 //!
+//! A status code alone is ambiguous: `RESOURCE_EXHAUSTED` is what a participant answers when its
+//! pool is empty, but it is also what an overloaded server, a proxy or a message-size limit
+//! answers; `NOT_FOUND` may be an unknown food or an unknown method behind a misrouted proxy. So
+//! the participants' definitive refusals carry a `google.rpc.ErrorInfo` detail in
+//! [`ERROR_DOMAIN`] naming the [`Refusal`], and only a status carrying that detail is read as a
+//! refusal. Every other status with one of those codes is transient.
+//!
 //! | call    | definitive (no retry)                                          | transient (retried)  |
 //! |---------|----------------------------------------------------------------|----------------------|
-//! | Reserve | `RESOURCE_EXHAUSTED`, `NOT_FOUND`, `FAILED_PRECONDITION`, `INVALID_ARGUMENT`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `PERMISSION_DENIED`, `UNAUTHENTICATED`, `UNIMPLEMENTED` | everything else: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`, `UNKNOWN` (connection errors), `INTERNAL`, `DATA_LOSS` |
-//! | Assign  | the same set (`FAILED_PRECONDITION`: expired, released or held by another) | the same set |
+//! | Reserve | `RESOURCE_EXHAUSTED` + `POOL_EXHAUSTED`, `NOT_FOUND` + `POOL_NOT_FOUND`, `FAILED_PRECONDITION` + `NOT_HELD`; `INVALID_ARGUMENT`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `PERMISSION_DENIED`, `UNAUTHENTICATED`, `UNIMPLEMENTED` | everything else: `RESOURCE_EXHAUSTED`/`NOT_FOUND`/`FAILED_PRECONDITION` without the reason, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`, `UNKNOWN` (connection errors), `INTERNAL`, `DATA_LOSS` |
+//! | Assign  | the same set (`NOT_HELD`: expired, released or held by another) | the same set |
 //! | Release | none: release is idempotent and must eventually succeed        | every error          |
 //!
 //! Retrying a transient failure is always safe because every participant call is idempotent
 //! per order: a reserve repeats the unit already held, an assign repeats success, a release
 //! repeats its tombstone. The README's "Status-code contract" section mirrors this table.
+//!
+//! Overload is answered `UNAVAILABLE` with a `google.rpc.RetryInfo` detail ([`busy`]); a client
+//! waits [`retry_hint`] and sends the same request again.
 
-use tonic::Code;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of the participants' definitive refusals.
+pub const ERROR_DOMAIN: &str = "reservation.order-saga";
 
 /// A participant call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +74,40 @@ impl Refusal {
         Refusal::NotHeld,
         Refusal::Rejected,
     ];
+
+    /// The `ErrorInfo.reason` a participant sends with this refusal (`None` for
+    /// [`Refusal::Rejected`], whose codes are unambiguous on their own).
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Refusal::Exhausted => Some("POOL_EXHAUSTED"),
+            Refusal::UnknownPool => Some("POOL_NOT_FOUND"),
+            Refusal::NotHeld => Some("NOT_HELD"),
+            Refusal::Rejected => None,
+        }
+    }
+
+    /// The status code this refusal is sent with.
+    pub fn code(self) -> Code {
+        match self {
+            Refusal::Exhausted => Code::ResourceExhausted,
+            Refusal::UnknownPool => Code::NotFound,
+            Refusal::NotHeld => Code::FailedPrecondition,
+            Refusal::Rejected => Code::InvalidArgument,
+        }
+    }
+
+    /// The refusal as a participant answers it: [`Refusal::code`] with `message`, and the
+    /// `ErrorInfo` that makes it definitive.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        match self.reason() {
+            Some(reason) => Status::with_error_details(
+                self.code(),
+                message,
+                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []),
+            ),
+            None => Status::new(self.code(), message),
+        }
+    }
 }
 
 /// How the orchestrator must treat a participant's non-OK status.
@@ -84,15 +134,36 @@ pub fn client_may_retry(code: Code) -> bool {
     )
 }
 
-/// Classifies a non-OK status `code` answered to `call`.
-pub fn classify(call: Call, code: Code) -> Verdict {
+/// Classifies a non-OK `status` answered to `call`: [`classify_code`] with the status's
+/// `ErrorInfo` reason, if it carries one in [`ERROR_DOMAIN`].
+pub fn classify(call: Call, status: &Status) -> Verdict {
+    classify_code(call, status.code(), refusal_reason(status).as_deref())
+}
+
+/// The `ErrorInfo.reason` of `status`, when its domain is [`ERROR_DOMAIN`].
+pub fn refusal_reason(status: &Status) -> Option<String> {
+    let info = status.get_details_error_info()?;
+    (info.domain == ERROR_DOMAIN).then_some(info.reason)
+}
+
+/// Classifies a non-OK status `code` answered to `call`, with the `reason` of its `ErrorInfo`
+/// in [`ERROR_DOMAIN`] if it had one. The codes a participant's refusal shares with overload
+/// and misrouting are definitive only with the matching reason.
+pub fn classify_code(call: Call, code: Code, reason: Option<&str>) -> Verdict {
     if call == Call::Release {
         return Verdict::Transient;
     }
+    let refused_with = |refusal: Refusal| {
+        if reason.is_some() && reason == refusal.reason() {
+            Verdict::Definitive(refusal)
+        } else {
+            Verdict::Transient
+        }
+    };
     match code {
-        Code::ResourceExhausted => Verdict::Definitive(Refusal::Exhausted),
-        Code::NotFound => Verdict::Definitive(Refusal::UnknownPool),
-        Code::FailedPrecondition => Verdict::Definitive(Refusal::NotHeld),
+        Code::ResourceExhausted => refused_with(Refusal::Exhausted),
+        Code::NotFound => refused_with(Refusal::UnknownPool),
+        Code::FailedPrecondition => refused_with(Refusal::NotHeld),
         Code::InvalidArgument
         | Code::AlreadyExists
         | Code::OutOfRange
@@ -108,4 +179,19 @@ pub fn classify(call: Call, code: Code) -> Verdict {
         | Code::Unavailable
         | Code::DataLoss => Verdict::Transient,
     }
+}
+
+/// `UNAVAILABLE` with a `google.rpc.RetryInfo` detail: the server is busy, send the same
+/// request again after `retry_after`. Never read as a final answer by a saga or a client.
+pub fn busy(message: impl Into<String>, retry_after: Duration) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+/// The delay a `google.rpc.RetryInfo` detail of `status` asks for, if it carries one.
+pub fn retry_hint(status: &Status) -> Option<Duration> {
+    status.get_details_retry_info()?.retry_delay
 }

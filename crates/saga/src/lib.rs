@@ -18,7 +18,10 @@
 
 pub mod contract;
 
-pub use contract::{Call, Refusal, Verdict, classify, client_may_retry};
+pub use contract::{
+    Call, ERROR_DOMAIN, Refusal, Verdict, busy, classify, classify_code, client_may_retry,
+    retry_hint,
+};
 
 /// A participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

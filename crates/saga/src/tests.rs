@@ -1,7 +1,8 @@
 //! Exhaustive tests: every state the saga can be persisted in, crossed with every event.
 
 use super::*;
-use tonic::Code;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 fn legs() -> Vec<Leg> {
     let mut out = Vec::new();
@@ -470,23 +471,45 @@ fn the_status_contract_is_as_documented() {
         Code::DataLoss,
         Code::Unauthenticated,
     ];
+    let reasons = [
+        None,
+        Some("POOL_EXHAUSTED"),
+        Some("POOL_NOT_FOUND"),
+        Some("NOT_HELD"),
+        Some("SOMETHING_ELSE"),
+    ];
     for code in all {
-        // Release never gives up.
-        assert_eq!(classify(Call::Release, code), Transient, "{code:?}");
-        for call in [Call::Reserve, Call::Assign] {
-            let expected = match code {
-                Code::ResourceExhausted => Definitive(Refusal::Exhausted),
-                Code::NotFound => Definitive(Refusal::UnknownPool),
-                Code::FailedPrecondition => Definitive(Refusal::NotHeld),
-                Code::InvalidArgument
-                | Code::AlreadyExists
-                | Code::OutOfRange
-                | Code::PermissionDenied
-                | Code::Unauthenticated
-                | Code::Unimplemented => Definitive(Refusal::Rejected),
-                _ => Transient,
-            };
-            assert_eq!(classify(call, code), expected, "{call:?} {code:?}");
+        for reason in reasons {
+            // Release never gives up.
+            assert_eq!(
+                classify_code(Call::Release, code, reason),
+                Transient,
+                "{code:?} {reason:?}"
+            );
+            for call in [Call::Reserve, Call::Assign] {
+                let expected = match (code, reason) {
+                    (Code::ResourceExhausted, Some("POOL_EXHAUSTED")) => {
+                        Definitive(Refusal::Exhausted)
+                    }
+                    (Code::NotFound, Some("POOL_NOT_FOUND")) => Definitive(Refusal::UnknownPool),
+                    (Code::FailedPrecondition, Some("NOT_HELD")) => Definitive(Refusal::NotHeld),
+                    (
+                        Code::InvalidArgument
+                        | Code::AlreadyExists
+                        | Code::OutOfRange
+                        | Code::PermissionDenied
+                        | Code::Unauthenticated
+                        | Code::Unimplemented,
+                        _,
+                    ) => Definitive(Refusal::Rejected),
+                    _ => Transient,
+                };
+                assert_eq!(
+                    classify_code(call, code, reason),
+                    expected,
+                    "{call:?} {code:?} {reason:?}"
+                );
+            }
         }
     }
     // The transport failures the design names are retried.
@@ -496,6 +519,39 @@ fn the_status_contract_is_as_documented() {
         Code::Unknown,
         Code::Aborted,
     ] {
-        assert_eq!(classify(Call::Assign, code), Transient);
+        assert_eq!(classify_code(Call::Assign, code, None), Transient);
     }
+}
+
+#[test]
+fn a_refusal_round_trips_through_its_status_and_overload_never_reads_as_one() {
+    for refusal in Refusal::ALL {
+        let status = refusal.status("no");
+        assert_eq!(status.code(), refusal.code());
+        assert_eq!(
+            classify(Call::Reserve, &status),
+            Verdict::Definitive(refusal),
+            "{refusal:?}"
+        );
+    }
+    // What tonic's own load shedding and a message-size limit answer: no ErrorInfo.
+    let shed = Status::resource_exhausted("Too many active requests for the connection");
+    assert_eq!(classify(Call::Reserve, &shed), Verdict::Transient);
+    // The same reason from another domain is not ours.
+    let foreign = Status::with_error_details(
+        Code::ResourceExhausted,
+        "quota",
+        tonic_types::ErrorDetails::with_error_info("POOL_EXHAUSTED", "example.com", []),
+    );
+    assert_eq!(classify(Call::Reserve, &foreign), Verdict::Transient);
+    // Busy is transient everywhere and carries its hint.
+    let busy = busy("busy", std::time::Duration::from_millis(250));
+    assert_eq!(busy.code(), Code::Unavailable);
+    assert_eq!(classify(Call::Assign, &busy), Verdict::Transient);
+    assert!(client_may_retry(busy.code()));
+    assert_eq!(
+        retry_hint(&busy),
+        Some(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(retry_hint(&shed), None);
 }

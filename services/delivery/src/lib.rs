@@ -16,6 +16,7 @@ use order_saga_reservation::{
     app::{Participant, ParticipantSettings},
     grpc::MAX_ID_LEN,
 };
+use order_saga_saga::Refusal;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
@@ -61,7 +62,9 @@ fn zone(info: PoolInfo) -> Zone {
 /// Engine errors in delivery's words: a pool is a zone, a unit an agent.
 fn status(err: EngineError) -> Status {
     match err {
-        EngineError::UnknownPool(id) => Status::not_found(format!("zone {id:?} not found")),
+        EngineError::UnknownPool(id) => {
+            Refusal::UnknownPool.status(format!("zone {id:?} not found"))
+        }
         other => other.into(),
     }
 }

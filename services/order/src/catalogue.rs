@@ -9,7 +9,8 @@ use order_saga_proto::{
     delivery::v1::{GetZoneRequest, delivery_service_client::DeliveryServiceClient},
     store::v1::{GetFoodRequest, store_service_client::StoreServiceClient},
 };
-use tonic::{Code, Status, codegen::InterceptedService, transport::Channel};
+use order_saga_saga::{Call, Refusal, Verdict, classify};
+use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
 use crate::placement::PlaceError;
 
@@ -66,10 +67,12 @@ impl Catalogue {
                 self.remember(key);
                 Ok(())
             }
-            Err(s) if s.code() == Code::NotFound => Err(PlaceError::UnknownPool {
-                field,
-                value: value.to_owned(),
-            }),
+            Err(s) if classify(Call::Reserve, &s) == Verdict::Definitive(Refusal::UnknownPool) => {
+                Err(PlaceError::UnknownPool {
+                    field,
+                    value: value.to_owned(),
+                })
+            }
             Err(s) => {
                 tracing::warn!(service, code = ?s.code(), message = s.message(), "catalogue check failed");
                 Err(PlaceError::ParticipantUnavailable(service))

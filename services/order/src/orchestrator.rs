@@ -304,7 +304,7 @@ fn answer_for_error(side: Side, call: Call, status: &Status) -> Answer {
         status.code(),
         status.message()
     );
-    let event = match classify(call, status.code()) {
+    let event = match classify(call, status) {
         Verdict::Definitive(refusal) => Event::Refused {
             side,
             call,

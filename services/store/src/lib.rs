@@ -15,6 +15,7 @@ use order_saga_reservation::{
     app::{Participant, ParticipantSettings},
     grpc::{MAX_ID_LEN, timestamp_from_ms},
 };
+use order_saga_saga::Refusal;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
@@ -65,7 +66,9 @@ fn food(info: PoolInfo) -> Food {
 /// Engine errors in the store's words: a pool is a food.
 fn status(err: EngineError) -> Status {
     match err {
-        EngineError::UnknownPool(id) => Status::not_found(format!("food_id {id:?} not found")),
+        EngineError::UnknownPool(id) => {
+            Refusal::UnknownPool.status(format!("food_id {id:?} not found"))
+        }
         EngineError::PoolExists(id) => {
             Status::already_exists(format!("food_id {id:?} already exists"))
         }
