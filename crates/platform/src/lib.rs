@@ -6,8 +6,11 @@
 //! - [`telemetry`]: `tracing` set-up, optional OpenTelemetry export over OTLP, and W3C trace
 //!   context propagation on every gRPC call so one order is one trace across services.
 //! - [`server`]: the gRPC server stack every service runs (health, reflection, timeouts,
-//!   concurrency limit, load shedding, graceful shutdown).
+//!   admission control, graceful shutdown).
+//! - [`admission`]: one bounded FIFO admission queue per server; overload is answered
+//!   `UNAVAILABLE` with a retry hint, never a code a saga reads as final.
 
+pub mod admission;
 pub mod db;
 pub mod failpoints;
 pub mod server;

@@ -11,21 +11,23 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
 
+use crate::admission::{AdmissionConfig, AdmissionLayer};
+
 /// Limits applied to every request.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// Longest a request may run before it is answered `CANCELLED`/`DEADLINE_EXCEEDED`; a
     /// shorter `grpc-timeout` sent by the client wins.
     pub request_timeout: Duration,
-    /// Requests in flight per connection before new ones are shed with `UNAVAILABLE`.
-    pub concurrency_limit_per_connection: usize,
+    /// How many requests the server runs and queues across all its connections.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(60),
-            concurrency_limit_per_connection: 256,
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -59,11 +61,9 @@ pub async fn serve(
         .trace_fn(crate::telemetry::grpc_server_span)
         // Bound every request's run time; the client's grpc-timeout wins when it is shorter.
         .timeout(limits.request_timeout)
-        // Shed instead of queueing: when the per-connection limit below is reached, answer
-        // UNAVAILABLE at once so clients back off rather than pile up behind a slow database.
-        .load_shed(true)
-        // Innermost: at most this many requests in flight per connection.
-        .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+        // Innermost: one admission queue for the whole server (not per connection), answering
+        // UNAVAILABLE with a retry hint when it is full.
+        .layer(AdmissionLayer::new(limits.admission.clone()))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use order_saga_platform::{
+    admission::AdmissionConfig,
     db::{Db, DbOptions},
     parse_duration,
     server::{ServerLimits, base_routes, serve_with_task},
@@ -42,9 +43,18 @@ pub struct ParticipantArgs {
     /// Longest time a request may run.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Requests in flight per connection before shedding load.
+    /// Requests the server runs at once, across all connections.
     #[arg(long, default_value_t = 256)]
-    pub concurrency_limit: usize,
+    pub max_in_flight: usize,
+    /// Requests waiting for admission; beyond, the answer is UNAVAILABLE with a retry hint.
+    #[arg(long, default_value_t = 4096)]
+    pub max_queued: usize,
+    /// Longest a request waits for admission before it is answered busy.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub queue_wait: Duration,
+    /// The retry delay a busy answer's RetryInfo asks for.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub retry_after: Duration,
 }
 
 impl ParticipantArgs {
@@ -84,7 +94,12 @@ impl ParticipantArgs {
             },
             limits: ServerLimits {
                 request_timeout: self.request_timeout,
-                concurrency_limit_per_connection: self.concurrency_limit,
+                admission: AdmissionConfig {
+                    max_in_flight: self.max_in_flight,
+                    max_queued: self.max_queued,
+                    queue_wait: self.queue_wait,
+                    retry_after: self.retry_after,
+                },
             },
             max_ttl: self.max_ttl,
         }

@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use order_saga_platform::{db::DbOptions, parse_duration, server::ServerLimits};
+use order_saga_platform::{
+    admission::AdmissionConfig, db::DbOptions, parse_duration, server::ServerLimits,
+};
 
 use crate::{orchestrator::SagaConfig, recovery::RecoveryConfig};
 
@@ -62,9 +64,21 @@ pub struct OrderArgs {
     /// Longest time a request may run.
     #[arg(long, env = "ORDER_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Requests in flight per connection before shedding load.
-    #[arg(long, env = "ORDER_CONCURRENCY_LIMIT", default_value_t = 256)]
-    pub concurrency_limit: usize,
+    /// Requests the server runs at once, across all connections.
+    #[arg(long, env = "ORDER_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Requests waiting for admission; beyond, the answer is UNAVAILABLE with a retry hint.
+    #[arg(long, env = "ORDER_MAX_QUEUED", default_value_t = 4096)]
+    pub max_queued: usize,
+    /// Longest a request waits for admission, or for a saga slot, before it is answered busy.
+    #[arg(long, env = "ORDER_QUEUE_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub queue_wait: Duration,
+    /// The retry delay a busy answer's RetryInfo asks for.
+    #[arg(long, env = "ORDER_RETRY_AFTER", default_value = "200ms", value_parser = parse_duration)]
+    pub retry_after: Duration,
+    /// Sagas this instance drives at once (requests, operator actions and recovery).
+    #[arg(long, env = "ORDER_MAX_SAGAS", default_value_t = 256)]
+    pub max_sagas: usize,
 }
 
 /// Everything the order service needs besides its listener (tests build this directly).
@@ -133,6 +147,7 @@ impl OrderArgs {
         s.db.acquire_timeout = self.db_acquire_timeout;
         s.saga.reservation_ttl = self.reservation_ttl;
         s.saga.lease = self.lease;
+        s.saga.max_sagas = self.max_sagas;
         s.call_timeout = self.call_timeout;
         s.place_timeout = self.place_timeout;
         s.recovery.interval = self.recovery_interval;
@@ -141,7 +156,12 @@ impl OrderArgs {
         }
         s.limits = ServerLimits {
             request_timeout: self.request_timeout,
-            concurrency_limit_per_connection: self.concurrency_limit,
+            admission: AdmissionConfig {
+                max_in_flight: self.max_in_flight,
+                max_queued: self.max_queued,
+                queue_wait: self.queue_wait,
+                retry_after: self.retry_after,
+            },
         };
         s
     }

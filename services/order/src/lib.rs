@@ -41,7 +41,7 @@ use catalogue::Catalogue;
 pub use config::{OrderArgs, OrderSettings};
 use grpc::OrderApi;
 use orchestrator::Orchestrator;
-use placement::Placement;
+use placement::{BusyPolicy, Placement};
 use repo::OrderRepo;
 
 /// The embedded migrations of the order database.
@@ -82,6 +82,10 @@ impl OrderApp {
             orchestrator.clone(),
             Catalogue::new(store, delivery),
             settings.place_timeout,
+            BusyPolicy {
+                slot_wait: settings.limits.admission.queue_wait,
+                retry_after: settings.limits.admission.retry_after,
+            },
         ));
         let (mut routes, health) = base_routes()?;
         routes

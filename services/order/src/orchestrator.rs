@@ -17,7 +17,10 @@ use order_saga_proto::reservation::v1::{
 };
 use order_saga_saga::{Call, Command, Event, Saga, Side, Verdict, classify};
 use rand::Rng;
-use tokio::time::Instant;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
 use crate::repo::{OrderRecord, OrderRepo, RepoError};
@@ -39,6 +42,9 @@ pub struct SagaConfig {
     pub backoff_max: Duration,
     /// How long a request keeps retrying releases before leaving them to the recovery loop.
     pub compensation_budget: Duration,
+    /// Most sagas this instance drives at once (requests, operators and recovery together);
+    /// the rest wait for a slot, or are answered busy.
+    pub max_sagas: usize,
 }
 
 impl Default for SagaConfig {
@@ -49,6 +55,7 @@ impl Default for SagaConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             compensation_budget: Duration::from_secs(10),
+            max_sagas: 256,
         }
     }
 }
@@ -66,6 +73,14 @@ struct Inner {
     delivery: ParticipantClient,
     config: SagaConfig,
     instance: String,
+    /// One permit per saga this instance may drive at once.
+    sagas: Arc<Semaphore>,
+}
+
+/// The right to drive one saga, held until its driver stops (see [`SagaConfig::max_sagas`]).
+#[derive(Debug)]
+pub struct SagaSlot {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// One executed command: the event it produced and, for failures, the error text.
@@ -83,6 +98,7 @@ impl Orchestrator {
         config: SagaConfig,
         instance: String,
     ) -> Self {
+        let sagas = Arc::new(Semaphore::new(config.max_sagas.max(1)));
         Self {
             inner: Arc::new(Inner {
                 repo,
@@ -90,8 +106,33 @@ impl Orchestrator {
                 delivery,
                 config,
                 instance,
+                sagas,
             }),
         }
+    }
+
+    /// A saga slot, waiting for one until `until`; `None` if none freed up in time.
+    pub async fn saga_slot(&self, until: Instant) -> Option<SagaSlot> {
+        let acquire = self.inner.sagas.clone().acquire_owned();
+        match tokio::time::timeout_at(until, acquire).await {
+            Ok(Ok(permit)) => Some(SagaSlot { _permit: permit }),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// A saga slot if one is free now.
+    pub fn try_saga_slot(&self) -> Option<SagaSlot> {
+        self.inner
+            .sagas
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| SagaSlot { _permit: permit })
+    }
+
+    /// Saga slots free now.
+    pub fn free_saga_slots(&self) -> usize {
+        self.inner.sagas.available_permits()
     }
 
     /// The repository.

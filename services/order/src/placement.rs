@@ -12,19 +12,22 @@
 
 use std::{sync::Arc, time::Duration};
 
-use order_saga_saga::Event;
+use order_saga_saga::{Event, busy, retry_hint};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::Instrument;
 
 use crate::{
     catalogue::Catalogue,
-    orchestrator::Orchestrator,
+    orchestrator::{Orchestrator, SagaSlot},
     repo::{Created, NewOrder, OrderRecord, OrderState, RepoError},
 };
 
 /// How often a waiting request re-reads an order another driver is running.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// The retry hint of an `UNAVAILABLE` answer that is not about saga slots (a participant or
+/// the database could not answer).
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Answer this long before the client's deadline, so it gets our status rather than a timeout.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
@@ -64,15 +67,20 @@ pub enum PlaceError {
     /// The saga task panicked (a bug); the recovery loop will finish the saga.
     #[error("saga task of order {0} failed")]
     TaskFailed(String),
+    /// Every saga slot stayed taken while the request waited: come back after the delay.
+    #[error("order service busy: every saga slot is taken; retry after the RetryInfo delay")]
+    Busy(Duration),
     /// The orders database failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
 
 impl From<PlaceError> for Status {
+    /// Every `UNAVAILABLE` answer carries a `google.rpc.RetryInfo` hint, so a client can tell
+    /// "come back shortly with the same key" from an answer about its order.
     fn from(err: PlaceError) -> Self {
         let message = err.to_string();
-        match err {
+        let status = match err {
             PlaceError::KeyReused => Status::invalid_argument(message),
             PlaceError::UnknownPool { .. } | PlaceError::NoSuchOrder(_) => {
                 Status::not_found(message)
@@ -82,12 +90,17 @@ impl From<PlaceError> for Status {
             PlaceError::OutcomeUnknown(_) | PlaceError::ParticipantUnavailable(_) => {
                 Status::unavailable(message)
             }
+            PlaceError::Busy(retry_after) => busy(message, retry_after),
             PlaceError::TaskFailed(_) => {
                 tracing::error!(error = %message, "saga task failed; recovery will finish it");
                 Status::internal("internal error")
             }
             PlaceError::Repo(e) => e.into(),
+        };
+        if status.code() == tonic::Code::Unavailable && retry_hint(&status).is_none() {
+            return busy(status.message(), UNAVAILABLE_RETRY_AFTER);
         }
+        status
     }
 }
 
@@ -107,16 +120,43 @@ pub struct Placement {
     catalogue: Arc<Catalogue>,
     /// Longest a request waits for its saga when the client sets no shorter deadline.
     max_wait: Duration,
+    /// How long a request waits for a saga slot, and the retry delay it is told when none
+    /// frees up.
+    busy: BusyPolicy,
+}
+
+/// What a request does when every saga slot is taken.
+#[derive(Debug, Clone, Copy)]
+pub struct BusyPolicy {
+    /// Longest wait for a slot (a shorter client deadline wins).
+    pub slot_wait: Duration,
+    /// The delay the busy answer's `RetryInfo` asks for.
+    pub retry_after: Duration,
 }
 
 impl Placement {
     /// Placement over an orchestrator and the catalogue check.
-    pub fn new(orchestrator: Orchestrator, catalogue: Catalogue, max_wait: Duration) -> Self {
+    pub fn new(
+        orchestrator: Orchestrator,
+        catalogue: Catalogue,
+        max_wait: Duration,
+        busy: BusyPolicy,
+    ) -> Self {
         Self {
             orchestrator,
             catalogue: Arc::new(catalogue),
             max_wait,
+            busy,
         }
+    }
+
+    /// A saga slot, waiting at most the busy policy's wait (or until `deadline`).
+    async fn slot(&self, deadline: Instant) -> Result<SagaSlot, PlaceError> {
+        let until = deadline.min(Instant::now() + self.busy.slot_wait);
+        self.orchestrator
+            .saga_slot(until)
+            .await
+            .ok_or(PlaceError::Busy(self.busy.retry_after))
     }
 
     /// The orchestrator.
@@ -143,6 +183,9 @@ impl Placement {
             return self.replay(existing, &order, deadline).await;
         }
         self.catalogue.check(&order.food_id, &order.zone).await?;
+        // Bound the sagas this instance runs before creating anything: a request that finds
+        // no slot is answered busy with nothing stored, and its retry starts afresh.
+        let slot = self.slot(deadline).await?;
 
         let order_id = format!("ord-{}", uuid::Uuid::new_v4().simple());
         let span = tracing::info_span!("place_order", order_id = %order_id);
@@ -154,7 +197,7 @@ impl Placement {
             {
                 Created::New(record) => {
                     fail::fail_point!("order-after-create");
-                    self.drive_and_wait(record, None, deadline).await
+                    self.drive_and_wait(record, None, deadline, slot).await
                 }
                 Created::Existing(existing) => self.replay(existing, &order, deadline).await,
             }
@@ -170,8 +213,9 @@ impl Placement {
         order_id: &str,
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
+        let slot = self.slot(deadline).await?;
         match self.take_over(order_id).await? {
-            TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline).await,
+            TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline, slot).await,
             TakeOver::Finished(record) => Ok(record),
         }
     }
@@ -183,13 +227,14 @@ impl Placement {
         order_id: &str,
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
+        let slot = self.slot(deadline).await?;
         match self.take_over(order_id).await? {
             TakeOver::Claimed(record) if record.state() == OrderState::Pending => {
-                self.drive_and_wait(record, Some(Event::ForceFail), deadline)
+                self.drive_and_wait(record, Some(Event::ForceFail), deadline, slot)
                     .await
             }
             // Already compensating: the decision stands, finish the releases.
-            TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline).await,
+            TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline, slot).await,
             TakeOver::Finished(record) if record.state() == OrderState::Placed => {
                 Err(PlaceError::AlreadyPlaced(record.order_id))
             }
@@ -222,12 +267,15 @@ impl Placement {
         record: OrderRecord,
         event: Option<Event>,
         deadline: Instant,
+        slot: SagaSlot,
     ) -> Result<OrderRecord, PlaceError> {
         let order_id = record.order_id.clone();
         let orchestrator = self.orchestrator.clone();
-        // The task keeps the request's span, so the saga's calls stay in the caller's trace.
+        // The task keeps the request's span, so the saga's calls stay in the caller's trace;
+        // it holds the saga slot until the driver stops, even if the client goes away.
         let task = tokio::spawn(
             async move {
+                let _slot = slot;
                 match event {
                     Some(e) => orchestrator.apply_and_drive(record, e).await,
                     None => orchestrator.drive(record).await,
@@ -274,12 +322,14 @@ impl Placement {
             if record.state() != OrderState::Pending {
                 return Ok(record);
             }
-            if let Some(claimed) = orch
-                .repo()
-                .claim_one(order_id, orch.instance(), orch.config().lease)
-                .await?
+            // Claim only with a slot to drive it; without one, keep waiting for the driver.
+            if let Some(slot) = orch.try_saga_slot()
+                && let Some(claimed) = orch
+                    .repo()
+                    .claim_one(order_id, orch.instance(), orch.config().lease)
+                    .await?
             {
-                return Box::pin(self.drive_and_wait(claimed, None, deadline)).await;
+                return Box::pin(self.drive_and_wait(claimed, None, deadline, slot)).await;
             }
             if Instant::now() + POLL_INTERVAL >= deadline {
                 return Err(PlaceError::StillRunning(order_id.to_owned()));

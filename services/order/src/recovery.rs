@@ -7,9 +7,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 
 use crate::orchestrator::Orchestrator;
+
+/// Longest a claimed saga waits for a saga slot (the lease will long have expired).
+const LONG_WAIT: Duration = Duration::from_secs(3600);
 
 /// Recovery settings.
 #[derive(Debug, Clone)]
@@ -44,7 +47,10 @@ pub async fn run(
             () = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        let free = permits.available_permits();
+        // Claim no more than this loop and the instance's saga slots can drive now.
+        let free = permits
+            .available_permits()
+            .min(orchestrator.free_saga_slots());
         if free == 0 {
             continue;
         }
@@ -71,6 +77,11 @@ pub async fn run(
             tracing::info!(order_id = %record.order_id, phase = record.saga.phase.as_str(), "recovering saga");
             tokio::spawn(async move {
                 let _permit = permit;
+                // Requests may have taken the slots counted above; wait for one. If the lease
+                // runs out meanwhile, whoever claims the saga next fences this driver off.
+                let Some(_slot) = orchestrator.saga_slot(Instant::now() + LONG_WAIT).await else {
+                    return;
+                };
                 if let Err(e) = orchestrator.drive(record).await {
                     tracing::warn!(error = %e, "recovery stopped; the saga will be claimed again");
                 }

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use order_saga_platform::{
+    admission::AdmissionConfig,
     db::{Db, DbOptions},
     testing::{TestBackend, fresh_database_url},
 };
@@ -44,6 +45,12 @@ pub struct ClusterOptions {
     pub recovery_interval: Duration,
     /// Saga lease.
     pub lease: Duration,
+    /// Admission control of the order service.
+    pub order_admission: AdmissionConfig,
+    /// Admission control of each participant.
+    pub participant_admission: AdmissionConfig,
+    /// Sagas the order service drives at once.
+    pub max_sagas: usize,
 }
 
 impl Default for ClusterOptions {
@@ -53,6 +60,9 @@ impl Default for ClusterOptions {
             sweep_interval: Duration::from_millis(100),
             recovery_interval: Duration::from_millis(100),
             lease: Duration::from_secs(15),
+            order_admission: AdmissionConfig::default(),
+            participant_admission: AdmissionConfig::default(),
+            max_sagas: order_service::orchestrator::SagaConfig::default().max_sagas,
         }
     }
 }
@@ -120,6 +130,7 @@ impl Cluster {
             let mut s = ParticipantSettings::for_database(url);
             s.sweeper.interval = options.sweep_interval;
             s.db.max_connections = TEST_POOL_SIZE;
+            s.limits.admission = options.participant_admission.clone();
             s
         };
         let store = store_service::build(bind().await, participant(&urls.store))
@@ -145,6 +156,8 @@ impl Cluster {
         );
         settings.saga.reservation_ttl = options.reservation_ttl;
         settings.saga.lease = options.lease;
+        settings.saga.max_sagas = options.max_sagas;
+        settings.limits.admission = options.order_admission.clone();
         settings.recovery.interval = options.recovery_interval;
         settings.db.max_connections = TEST_POOL_SIZE;
         let order = order_service::OrderApp::build(bind().await, settings)

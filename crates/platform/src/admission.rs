@@ -1,0 +1,310 @@
+//! Admission control for a whole server: backpressure instead of refusals.
+//!
+//! At most [`AdmissionConfig::max_in_flight`] requests run at once across **all** connections of
+//! a server. The next [`AdmissionConfig::max_queued`] wait, first come first served, for up to
+//! [`AdmissionConfig::queue_wait`]. A request that finds the queue full, or waits too long, is
+//! answered `UNAVAILABLE` with a `google.rpc.RetryInfo` detail ([`order_saga_saga::busy`]): a
+//! code no saga and no client reads as final, and a hint of when to come back.
+//!
+//! This replaces tower's per-connection `ConcurrencyLimit` + `LoadShed`, which answered
+//! `RESOURCE_EXHAUSTED` (read by the saga as "sold out") as soon as one connection, such as the
+//! orchestrator's single HTTP/2 connection to a participant, had 256 requests in flight.
+//!
+//! Health checks and reflection are never queued: a busy server is still alive.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+/// How many requests a server runs and queues.
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Requests running at once across all connections.
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; one more is answered busy at once.
+    pub max_queued: usize,
+    /// Longest a request waits for a slot before it is answered busy.
+    pub queue_wait: Duration,
+    /// The delay the busy answer's `RetryInfo` asks the client to wait.
+    pub retry_after: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            max_queued: 4096,
+            queue_wait: Duration::from_secs(5),
+            retry_after: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counters of one server's admission, shared by every connection.
+#[derive(Debug)]
+struct Shared {
+    config: AdmissionConfig,
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+}
+
+/// The [`Layer`] that puts one server's requests through one admission queue. Clones share it.
+#[derive(Debug, Clone)]
+pub struct AdmissionLayer {
+    shared: Arc<Shared>,
+}
+
+impl AdmissionLayer {
+    /// A queue with `config`'s limits.
+    pub fn new(config: AdmissionConfig) -> Self {
+        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                slots,
+                queued: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Requests running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.config.max_in_flight.max(1) - self.shared.slots.available_permits()
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`AdmissionLayer`] wraps around a server's routes.
+#[derive(Debug, Clone)]
+pub struct Admission<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// Health and reflection bypass the queue.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+/// Decrements the queue length when a waiting request stops waiting, however it stops.
+struct InQueue<'a>(&'a AtomicUsize);
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// A slot, or the busy status to answer with.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let busy = |why: &str| {
+            order_saga_saga::busy(
+                format!("server busy ({why}); retry after the RetryInfo delay"),
+                self.config.retry_after,
+            )
+        };
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.config.max_queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(busy("admission queue full"));
+        }
+        let _waiting = InQueue(&self.queued);
+        match tokio::time::timeout(self.config.queue_wait, self.slots.clone().acquire_owned()).await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(busy("shutting down")),
+            Err(_elapsed) => Err(busy("waited too long for a slot")),
+        }
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for Admission<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Take the service that was driven ready and leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if exempt(request.uri().path()) {
+            return Box::pin(inner.call(request));
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            match shared.admit().await {
+                Ok(permit) => {
+                    let response = inner.call(request).await;
+                    drop(permit);
+                    response
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// A route that holds every request until `release` is notified.
+    #[derive(Clone)]
+    struct Hold(Arc<tokio::sync::Notify>);
+
+    impl Service<http::Request<()>> for Hold {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let release = self.0.clone();
+            Box::pin(async move {
+                release.notified().await;
+                Ok(http::Response::new(tonic::body::Body::empty()))
+            })
+        }
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("request")
+    }
+
+    fn grpc_status(response: &http::Response<tonic::body::Body>) -> Option<tonic::Status> {
+        tonic::Status::from_header_map(response.headers())
+    }
+
+    #[tokio::test]
+    async fn beyond_the_queue_the_answer_is_unavailable_with_a_retry_hint() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let layer = AdmissionLayer::new(AdmissionConfig {
+            max_in_flight: 2,
+            max_queued: 3,
+            queue_wait: Duration::from_secs(30),
+            retry_after: Duration::from_millis(150),
+        });
+        // Two connections, one admission: the limits are per server.
+        let a = layer.layer(Hold(release.clone()));
+        let b = layer.layer(Hold(release.clone()));
+        let mut held = Vec::new();
+        for i in 0..5 {
+            let mut svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            held.push(tokio::spawn(
+                async move { svc.call(request("/x.S/M")).await },
+            ));
+        }
+        while layer.queued() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(layer.in_flight(), 2);
+        // The sixth finds the queue full.
+        let refused = a.clone().call(request("/x.S/M")).await.expect("infallible");
+        let status = grpc_status(&refused).expect("a grpc-status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            order_saga_saga::retry_hint(&status),
+            Some(Duration::from_millis(150))
+        );
+        assert_eq!(
+            order_saga_saga::classify(order_saga_saga::Call::Reserve, &status),
+            order_saga_saga::Verdict::Transient
+        );
+        // Health is not queued behind the load: it goes straight to the route.
+        let mut probe = b.clone();
+        held.push(tokio::spawn(async move {
+            probe.call(request("/grpc.health.v1.Health/Check")).await
+        }));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!((layer.queued(), layer.in_flight()), (3, 2));
+        // Everyone admitted or queued completes as slots free up.
+        for h in held {
+            loop {
+                release.notify_waiters();
+                if h.is_finished() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let response = h.await.expect("task").expect("infallible");
+            assert!(
+                grpc_status(&response).is_none(),
+                "admitted requests are served"
+            );
+        }
+        assert_eq!(layer.queued(), 0);
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_too_long_is_answered_busy() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let layer = AdmissionLayer::new(AdmissionConfig {
+            max_in_flight: 1,
+            max_queued: 10,
+            queue_wait: Duration::from_millis(20),
+            retry_after: Duration::from_millis(100),
+        });
+        let mut svc = layer.layer(Hold(release.clone()));
+        let mut first = svc.clone();
+        let running = tokio::spawn(async move { first.call(request("/x.S/M")).await });
+        while layer.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let late = svc.call(request("/x.S/M")).await.expect("infallible");
+        let status = grpc_status(&late).expect("a grpc-status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(order_saga_saga::retry_hint(&status).is_some());
+        assert_eq!(layer.queued(), 0, "a timed-out waiter leaves the queue");
+        running.abort();
+    }
+}
