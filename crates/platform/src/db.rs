@@ -15,6 +15,19 @@ use sqlx::{
     postgres::{PgConnectOptions, PgConnection},
 };
 
+/// SQLite's `synchronous` setting: `FULL`, so a commit in WAL mode is on disk before it is
+/// acknowledged (`NORMAL` can lose the last commits on power loss: a `PLACED` answer, or an
+/// assignment, so that a packet is handed out twice).
+pub const SQLITE_SYNCHRONOUS: &str = "FULL";
+
+/// What every SQLite connection runs first.
+static SQLITE_PRAGMAS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {SQLITE_SYNCHRONOUS}; \
+         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
+    )
+});
+
 /// Which database engine a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -199,11 +212,7 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS.as_str()).await?;
                     }
                     Ok(())
                 })
