@@ -6,7 +6,7 @@
 //! invariants are checked, together with every answer the clients were given.
 //!
 //! Everything random comes from one seed, printed at the start, so a failing run can be
-//! replayed (`sagactl chaos --seed N`); the timing of a real cluster still varies.
+//! replayed (`chaos --seed N`, `make chaos SEED=N`); the timing of a real cluster still varies.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,7 +23,7 @@ use order_saga_proto::order::v1::{
     ForceFailOrderRequest, ListStuckOrdersRequest, OrderState, PlaceOrderRequest,
     RedriveOrderRequest, order_service_client::OrderServiceClient,
 };
-use order_saga_saga::client_may_retry;
+use order_saga_saga::{client_may_retry, retry_hint};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tonic::transport::Channel;
 
@@ -217,6 +217,7 @@ async fn client(
         let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut answered = None;
         let mut attempt = 0u32;
+        let mut hint = None;
         while tokio::time::Instant::now() < give_up {
             let mut client = instances[rng.random_range(0..instances.len())].clone();
             let mut req = tonic::Request::new(request.clone());
@@ -232,7 +233,7 @@ async fn client(
                         break;
                     }
                 }
-                Err(status) if client_may_retry(status.code()) => {}
+                Err(status) if client_may_retry(status.code()) => hint = retry_hint(&status),
                 Err(status) => {
                     tracing::error!(key = %request.idempotency_key, ?status, "unexpected refusal");
                     break;
@@ -240,7 +241,10 @@ async fn client(
             }
             attempt += 1;
             counters.retries.fetch_add(1, Ordering::Relaxed);
-            let backoff = Duration::from_millis(50 * u64::from(attempt.min(10)));
+            // A busy server says when to come back; otherwise back off linearly.
+            let backoff = hint
+                .take()
+                .unwrap_or(Duration::from_millis(50 * u64::from(attempt.min(10))));
             tokio::time::sleep(backoff).await;
         }
         match answered {

@@ -5,7 +5,7 @@
 //! - [`procs`]: the three services as real processes (so `SIGKILL` is a real crash), each link
 //!   through a proxy, with per-process failpoints through the `FAILPOINTS` variable.
 //! - [`invariants`]: docs/design.md's five invariants, checked by reading all three databases.
-//! - [`campaign`]: the randomized chaos campaign behind `make chaos` / `sagactl chaos`.
+//! - [`campaign`]: the randomized chaos campaign behind `make chaos` (the `chaos` binary of `crates/harness`).
 
 pub mod campaign;
 pub mod invariants;

@@ -1,0 +1,148 @@
+//! Connecting, printing, and retrying: what every command shares.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use order_saga_proto::order::v1::{NotPlacedReason, Order, OrderState};
+use order_saga_saga::{client_may_retry, retry_hint};
+use tokio::time::Instant;
+use tonic::{Status, transport::Channel};
+
+/// Where the three services are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Urls {
+    /// Order service URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_ORDER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub order: String,
+    /// Store service URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_STORE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub store: String,
+    /// Delivery service URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_DELIVERY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub delivery: String,
+}
+
+pub fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(url.to_owned())
+        .with_context(|| format!("invalid URL {url}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    t
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match OrderState::try_from(state) {
+        Ok(OrderState::Pending) => "PENDING",
+        Ok(OrderState::Placed) => "PLACED",
+        Ok(OrderState::NotPlaced) => "NOT_PLACED",
+        _ => "?",
+    }
+}
+
+pub fn reason_name(reason: i32) -> String {
+    match NotPlacedReason::try_from(reason) {
+        Ok(NotPlacedReason::Unspecified) | Err(_) => String::new(),
+        Ok(r) => r
+            .as_str_name()
+            .trim_start_matches("NOT_PLACED_REASON_")
+            .to_owned(),
+    }
+}
+
+pub fn print_orders(orders: &[Order]) {
+    let mut t = table(&[
+        "order", "state", "food", "zone", "packet", "agent", "reason",
+    ]);
+    for o in orders {
+        t.add_row(vec![
+            o.order_id.clone(),
+            state_name(o.state).to_owned(),
+            o.food_id.clone(),
+            o.zone.clone(),
+            o.packet_id.clone(),
+            o.agent_id.clone(),
+            reason_name(o.not_placed_reason),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// A failed call as an error naming its code.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+/// What to do after a failed call that may be retried with the same idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The server is busy and said when to come back.
+    Busy(Duration),
+    /// The outcome is unknown or not final yet: back off and ask again.
+    Backoff,
+    /// A definitive answer (or the time to retry ran out): stop.
+    Stop,
+}
+
+/// Classifies a failed `PlaceOrder` for a client still allowed to retry until `give_up`. A
+/// busy answer is always retried after its hint, whatever `give_up` says: the request was not
+/// taken, and the hint is the server's backpressure.
+pub fn retry_after_error(status: &Status, give_up: Instant) -> Retry {
+    match retry_hint(status) {
+        Some(delay) if status.code() == tonic::Code::Unavailable => Retry::Busy(delay),
+        _ if client_may_retry(status.code()) && Instant::now() < give_up => Retry::Backoff,
+        _ => Retry::Stop,
+    }
+}
+
+/// Exit 0 when the gRPC server at `url` reports SERVING within `timeout`.
+pub async fn health(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let probe = async {
+        let channel = connect(url).await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .status;
+        anyhow::Ok(status)
+    };
+    let status = tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {url} within {timeout:?}"))??;
+    if status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        bail!("{url} is not serving (status {status})");
+    }
+    println!("SERVING");
+    Ok(())
+}

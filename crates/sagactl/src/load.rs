@@ -1,0 +1,133 @@
+//! `sagactl place-many`: many orders at once, counting outcomes and busy answers.
+//!
+//! This is a smoke-level load generator (the walkthrough and the compose smoke test use it).
+//! For throughput and latency figures use the benchmark: `make bench`.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::bail;
+use order_saga_proto::order::v1::{
+    OrderState, PlaceOrderRequest, order_service_client::OrderServiceClient,
+};
+use tokio::time::Instant;
+
+use crate::client::{Retry, Urls, connect, retry_after_error, state_name};
+
+/// What to place.
+#[derive(Debug)]
+pub struct Load {
+    /// How many orders.
+    pub count: usize,
+    /// How many in flight at once (all on one connection).
+    pub concurrency: usize,
+    /// Food of every order.
+    pub food: String,
+    /// Zone of every order.
+    pub zone: String,
+    /// Prefix of the idempotency keys; default a fresh one.
+    pub key_prefix: Option<String>,
+    /// How long a not-final answer is retried; busy answers are always retried.
+    pub retry_for: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    placed: usize,
+    not_placed: usize,
+    errors: usize,
+    busy_retries: usize,
+    first_error: Option<String>,
+}
+
+/// One order, retried with its key until it has a final answer. Returns the state and how
+/// many busy answers it met.
+async fn place_one(
+    mut client: OrderServiceClient<tonic::transport::Channel>,
+    request: PlaceOrderRequest,
+    retry_for: Duration,
+) -> (Result<i32, String>, usize) {
+    let give_up = Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(100);
+    let mut busy = 0;
+    loop {
+        match client.place_order(request.clone()).await {
+            Ok(order) => return (Ok(order.into_inner().state), busy),
+            Err(s) => match retry_after_error(&s, give_up) {
+                Retry::Busy(delay) => {
+                    busy += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                Retry::Backoff => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Retry::Stop => return (Err(format!("{:?}: {}", s.code(), s.message())), busy),
+            },
+        }
+    }
+}
+
+/// Places `load` and prints the counts; fails if a request failed, unless `allow_errors`.
+pub async fn run(urls: &Urls, load: Load, allow_errors: bool) -> anyhow::Result<()> {
+    let prefix = load
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let client = OrderServiceClient::new(connect(&urls.order).await?);
+    let started = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(load.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..load.count {
+        let permits = permits.clone();
+        let request = PlaceOrderRequest {
+            idempotency_key: format!("{prefix}-{i}"),
+            customer_id: "load".into(),
+            food_id: load.food.clone(),
+            zone: load.zone.clone(),
+        };
+        let (client, retry_for) = (client.clone(), load.retry_for);
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            place_one(client, request, retry_for).await
+        });
+    }
+    let mut outcome = Outcome::default();
+    while let Some(result) = tasks.join_next().await {
+        let (result, busy) = match result {
+            Ok(done) => done,
+            Err(e) => (Err(e.to_string()), 0),
+        };
+        outcome.busy_retries += busy;
+        match result {
+            Ok(state) if state == OrderState::Placed as i32 => outcome.placed += 1,
+            Ok(state) if state == OrderState::NotPlaced as i32 => outcome.not_placed += 1,
+            Ok(state) => {
+                outcome.errors += 1;
+                outcome
+                    .first_error
+                    .get_or_insert(format!("unexpected state {}", state_name(state)));
+            }
+            Err(e) => {
+                outcome.errors += 1;
+                outcome.first_error.get_or_insert(e);
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(e) = &outcome.first_error {
+        eprintln!("first error: {e}");
+    }
+    println!(
+        "elapsed={:.2}s throughput={:.1}/s",
+        elapsed.as_secs_f64(),
+        load.count as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "attempted={} placed={} not_placed={} errors={} busy_retries={}",
+        load.count, outcome.placed, outcome.not_placed, outcome.errors, outcome.busy_retries
+    );
+    if outcome.errors > 0 && !allow_errors {
+        bail!("{} request(s) failed", outcome.errors);
+    }
+    Ok(())
+}

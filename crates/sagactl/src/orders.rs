@@ -1,0 +1,173 @@
+//! Orders: place, show, list, and the operator's view of unfinished sagas.
+
+use std::time::Duration;
+
+use order_saga_proto::order::v1::{
+    ForceFailOrderRequest, GetOrderRequest, ListOrdersRequest, ListStuckOrdersRequest, Order,
+    OrderState, PlaceOrderRequest, RedriveOrderRequest,
+    order_admin_service_client::OrderAdminServiceClient, order_service_client::OrderServiceClient,
+};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::client::{Retry, Urls, connect, print_orders, retry_after_error, status_error, table};
+
+/// Places one order and waits for its outcome, retrying busy and not-final answers with the
+/// same key for up to `retry_for`.
+pub async fn place(
+    urls: &Urls,
+    food: String,
+    zone: String,
+    customer: String,
+    key: Option<String>,
+    retry_for: Duration,
+) -> anyhow::Result<()> {
+    let mut client = OrderServiceClient::new(connect(&urls.order).await?);
+    let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple()));
+    let request = PlaceOrderRequest {
+        idempotency_key: key.clone(),
+        customer_id: customer,
+        food_id: food,
+        zone,
+    };
+    let give_up = Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(100);
+    let order = loop {
+        match client.place_order(request.clone()).await {
+            Ok(order) => break order.into_inner(),
+            Err(status) => match retry_after_error(&status, give_up) {
+                Retry::Busy(delay) => {
+                    eprintln!("busy; retrying in {delay:?} (key {key})");
+                    tokio::time::sleep(delay).await;
+                }
+                Retry::Backoff => {
+                    eprintln!(
+                        "{:?}: {}; retrying (key {key})",
+                        status.code(),
+                        status.message()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Retry::Stop => {
+                    return Err(status_error(status).context(format!("idempotency key {key}")));
+                }
+            },
+        }
+    };
+    print_orders(std::slice::from_ref(&order));
+    if !order.detail.is_empty() {
+        println!("detail: {}", order.detail);
+    }
+    println!("idempotency key: {key}");
+    Ok(())
+}
+
+/// Shows one order.
+pub async fn get(urls: &Urls, order_id: String) -> anyhow::Result<()> {
+    let mut client = OrderServiceClient::new(connect(&urls.order).await?);
+    let order = client
+        .get_order(GetOrderRequest { order_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_orders(std::slice::from_ref(&order));
+    if !order.detail.is_empty() {
+        println!("detail: {}", order.detail);
+    }
+    Ok(())
+}
+
+/// Lists orders, newest first.
+pub async fn list(urls: &Urls, state: Option<OrderState>, limit: usize) -> anyhow::Result<()> {
+    let mut client = OrderServiceClient::new(connect(&urls.order).await?);
+    let orders = list_orders(&mut client, state, limit).await?;
+    print_orders(&orders);
+    Ok(())
+}
+
+/// Up to `limit` orders (in `state`), following the page tokens.
+pub async fn list_orders(
+    client: &mut OrderServiceClient<Channel>,
+    state: Option<OrderState>,
+    limit: usize,
+) -> anyhow::Result<Vec<Order>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_orders(ListOrdersRequest {
+                page_size: 1000,
+                page_token: token,
+                state: state.map_or(0, |s| s as i32),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        out.extend(page.orders);
+        if page.next_page_token.is_empty() || out.len() >= limit {
+            out.truncate(limit);
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Unfinished sagas with their step, attempts, last error, lease and epoch.
+pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
+    let mut client = OrderAdminServiceClient::new(connect(&urls.order).await?);
+    let sagas = client
+        .list_stuck_orders(ListStuckOrdersRequest { limit })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .sagas;
+    let mut t = table(&[
+        "order",
+        "step",
+        "attempts",
+        "last error",
+        "lease owner",
+        "epoch",
+    ]);
+    for s in &sagas {
+        t.add_row(vec![
+            s.order
+                .as_ref()
+                .map(|o| o.order_id.clone())
+                .unwrap_or_default(),
+            s.step.clone(),
+            s.attempts.to_string(),
+            s.last_error.clone(),
+            s.lease_owner.clone(),
+            s.epoch.to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!("{} unfinished saga(s)", sagas.len());
+    Ok(())
+}
+
+/// Drives one unfinished saga now.
+pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
+    let mut client = OrderAdminServiceClient::new(connect(&urls.order).await?);
+    let order = client
+        .redrive_order(RedriveOrderRequest { order_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_orders(std::slice::from_ref(&order));
+    Ok(())
+}
+
+/// Gives up on one unfinished order: NOT_PLACED, both sides released.
+pub async fn force_fail(urls: &Urls, order_id: String) -> anyhow::Result<()> {
+    let mut client = OrderAdminServiceClient::new(connect(&urls.order).await?);
+    let order = client
+        .force_fail_order(ForceFailOrderRequest { order_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_orders(std::slice::from_ref(&order));
+    Ok(())
+}
