@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use order_saga_platform::{db::status_from_db_error, validate_id};
 use order_saga_proto::order::v1::{
-    self as pb, ForceFailOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse,
-    ListStuckOrdersRequest, ListStuckOrdersResponse, PlaceOrderRequest, RedriveOrderRequest,
+    self as pb, ForceFailOrderRequest, GetOrderRequest, GetSagaStatsRequest, GetSagaStatsResponse,
+    ListOrdersRequest, ListOrdersResponse, ListStuckOrdersRequest, ListStuckOrdersResponse,
+    PlaceOrderRequest, RedriveOrderRequest, StepLatency,
     order_admin_service_server::OrderAdminService, order_service_server::OrderService,
 };
 use tokio::time::Instant;
@@ -189,6 +190,31 @@ impl OrderAdminService for OrderApi {
         let order_id = request.into_inner().order_id;
         check("order_id", &order_id, MAX_ID_LEN)?;
         Self::answer(self.placement.force_fail(&order_id, deadline).await)
+    }
+
+    async fn get_saga_stats(
+        &self,
+        _request: Request<GetSagaStatsRequest>,
+    ) -> Result<Response<GetSagaStatsResponse>, Status> {
+        let snapshot = self.placement.orchestrator().stats().snapshot();
+        let mut steps = Vec::with_capacity(snapshot.len());
+        for (step, hist) in snapshot {
+            let mut histogram = Vec::new();
+            use hdrhistogram::serialization::Serializer as _;
+            hdrhistogram::serialization::V2Serializer::new()
+                .serialize(&hist, &mut histogram)
+                .map_err(|e| Status::internal(format!("serializing a histogram: {e}")))?;
+            let ms = |micros: u64| micros as f64 / 1000.0;
+            steps.push(StepLatency {
+                step: step.as_str().to_owned(),
+                count: hist.len(),
+                p50_ms: ms(hist.value_at_quantile(0.5)),
+                p99_ms: ms(hist.value_at_quantile(0.99)),
+                max_ms: ms(hist.max()),
+                histogram,
+            });
+        }
+        Ok(Response::new(GetSagaStatsResponse { steps }))
     }
 }
 

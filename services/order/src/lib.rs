@@ -19,6 +19,7 @@ pub mod orchestrator;
 pub mod placement;
 pub mod recovery;
 pub mod repo;
+pub mod stats;
 
 use std::{future::Future, net::SocketAddr};
 

@@ -23,7 +23,10 @@ use tokio::{
 };
 use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
-use crate::repo::{OrderRecord, OrderRepo, RepoError};
+use crate::{
+    repo::{OrderRecord, OrderRepo, RepoError},
+    stats::{Step, StepStats},
+};
 
 /// A participant client with trace propagation.
 pub type ParticipantClient =
@@ -75,6 +78,8 @@ struct Inner {
     instance: String,
     /// One permit per saga this instance may drive at once.
     sagas: Arc<Semaphore>,
+    /// Latency of each step.
+    stats: StepStats,
 }
 
 /// The right to drive one saga, held until its driver stops (see [`SagaConfig::max_sagas`]).
@@ -107,6 +112,7 @@ impl Orchestrator {
                 config,
                 instance,
                 sagas,
+                stats: StepStats::default(),
             }),
         }
     }
@@ -118,6 +124,11 @@ impl Orchestrator {
             Ok(Ok(permit)) => Some(SagaSlot { _permit: permit }),
             Ok(Err(_)) | Err(_) => None,
         }
+    }
+
+    /// Latency of each saga step on this instance.
+    pub fn stats(&self) -> &StepStats {
+        &self.inner.stats
     }
 
     /// A saga slot if one is free now.
@@ -229,6 +240,7 @@ impl Orchestrator {
             }
             commands = next;
         }
+        self.inner.stats.record(Step::Saga, started.elapsed());
         if record.saga.phase.is_terminal() {
             tracing::info!(phase = record.saga.phase.as_str(), reason = ?record.saga.reason, "saga finished");
         }
@@ -241,13 +253,20 @@ impl Orchestrator {
     /// `<phase>` being the phase written.
     async fn persist(&self, record: &OrderRecord) -> Result<OrderRecord, RepoError> {
         let inner = &self.inner;
-        let phase = record.saga.phase.as_str();
-        fail::fail_point!(&format!("order-before-persist-{phase}"));
+        fail::fail_point!(&format!(
+            "order-before-persist-{}",
+            record.saga.phase.as_str()
+        ));
+        let started = Instant::now();
         let persisted = inner
             .repo
             .persist(record, &inner.instance, inner.config.lease)
             .await?;
-        fail::fail_point!(&format!("order-after-persist-{phase}"));
+        inner.stats.record(Step::Persist, started.elapsed());
+        fail::fail_point!(&format!(
+            "order-after-persist-{}",
+            record.saga.phase.as_str()
+        ));
         Ok(persisted)
     }
 
@@ -271,18 +290,27 @@ impl Orchestrator {
 
     /// Makes one call. Failpoints `order-before-call-<call>-<side>` and
     /// `order-after-call-<call>-<side>` (e.g. `order-after-call-assign-store`) surround it.
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
     async fn execute(&self, record: &OrderRecord, command: &Command) -> Answer {
-        let side = command.side();
-        let call_name = match command {
-            Command::Reserve(_) => Call::Reserve,
-            Command::Assign(..) => Call::Assign,
-            Command::Release(_) => Call::Release,
-        }
-        .as_str();
-        let point = format!("{call_name}-{}", side.as_str());
-        fail::fail_point!(&format!("order-before-call-{point}"));
+        let (call, step) = match command {
+            Command::Reserve(_) => (Call::Reserve, Step::Reserve),
+            Command::Assign(..) => (Call::Assign, Step::Assign),
+            Command::Release(_) => (Call::Release, Step::Release),
+        };
+        // The failpoint names are only formatted in builds with failpoints.
+        fail::fail_point!(&format!(
+            "order-before-call-{}-{}",
+            call.as_str(),
+            command.side().as_str()
+        ));
+        let started = Instant::now();
         let answer = self.call(record, command).await;
-        fail::fail_point!(&format!("order-after-call-{point}"));
+        self.inner.stats.record(step, started.elapsed());
+        fail::fail_point!(&format!(
+            "order-after-call-{}-{}",
+            call.as_str(),
+            command.side().as_str()
+        ));
         answer
     }
 

@@ -21,6 +21,7 @@ use crate::{
     catalogue::Catalogue,
     orchestrator::{Orchestrator, SagaSlot},
     repo::{Created, NewOrder, OrderRecord, OrderState, RepoError},
+    stats::Step,
 };
 
 /// How often a waiting request re-reads an order another driver is running.
@@ -152,11 +153,12 @@ impl Placement {
 
     /// A saga slot, waiting at most the busy policy's wait (or until `deadline`).
     async fn slot(&self, deadline: Instant) -> Result<SagaSlot, PlaceError> {
-        let until = deadline.min(Instant::now() + self.busy.slot_wait);
-        self.orchestrator
-            .saga_slot(until)
-            .await
-            .ok_or(PlaceError::Busy(self.busy.retry_after))
+        let started = Instant::now();
+        let until = deadline.min(started + self.busy.slot_wait);
+        let slot = self.orchestrator.saga_slot(until).await;
+        let stats = self.orchestrator.stats();
+        stats.record(Step::SlotWait, started.elapsed());
+        slot.ok_or(PlaceError::Busy(self.busy.retry_after))
     }
 
     /// The orchestrator.
@@ -191,10 +193,12 @@ impl Placement {
         let span = tracing::info_span!("place_order", order_id = %order_id);
         async {
             let orch = &self.orchestrator;
-            match repo
+            let started = Instant::now();
+            let created = repo
                 .create(&order_id, &order, orch.instance(), orch.config().lease)
-                .await?
-            {
+                .await?;
+            orch.stats().record(Step::Create, started.elapsed());
+            match created {
                 Created::New(record) => {
                     fail::fail_point!("order-after-create");
                     self.drive_and_wait(record, None, deadline, slot).await
