@@ -10,7 +10,7 @@ CLIENTS  ?= 32
 # What `make run` needs: the three services and the CLI (no test-only crates).
 RUN_PACKAGES ?= -p order-service -p store-service -p delivery-service -p sagactl
 
-.PHONY: build run test test-rust walkthrough chaos model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke clean-data
+.PHONY: build run test test-rust walkthrough chaos bench model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke clean-data
 BUF_VERSION ?= 1.75.0
 BUF := .tools/buf/node_modules/.bin/buf
 
@@ -36,7 +36,16 @@ walkthrough: build
 
 ## The randomized chaos campaign on a local PostgreSQL cluster: make chaos DURATION=10m CLIENTS=32 [SEED=n]
 chaos: build
-	$(BIN_DIR)/sagactl chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
+	$(CARGO) build -p order-saga-harness --bin chaos $(FEATURES)
+	$(BIN_DIR)/chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
+
+## The benchmark, on release binaries it builds (never the dev profile):
+##   make bench [BENCH_ARGS="--backend sqlite --workload hot --clients 64 --duration 5m --screenshot"]
+## PostgreSQL is found or started as for `make test`, but durably (no fsync=off). Results:
+## bench-results/<timestamp>/report.{json,html}. `target/release/bench --help` lists every option.
+bench:
+	$(CARGO) build --release -p order-service -p store-service -p delivery-service -p order-saga-harness --bins
+	WITH_POSTGRES_DURABLE=1 bash tests/with-postgres.sh target/release/bench $(BENCH_ARGS)
 
 ## The exhaustive model check of the saga protocol (stateright): states, depth, verdict.
 ## `make test` runs a smaller bound of the same model.

@@ -62,13 +62,16 @@ start_throwaway() {
     exit 1
   fi
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+  # Tests may trade durability for speed; the benchmark (WITH_POSTGRES_DURABLE=1) may not.
+  local fast="-c fsync=off"
+  [ -n "${WITH_POSTGRES_DURABLE:-}" ] && fast=""
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   THROWAWAY=$(mktemp -d /tmp/order-saga-pg.XXXXXX)
   chown postgres "$THROWAWAY"
   trap stop_throwaway EXIT
   runuser -u postgres -- "$initdb" -D "$THROWAWAY/data" -A trust -U postgres >/dev/null
   runuser -u postgres -- "$pg_ctl" -D "$THROWAWAY/data" -w -l "$THROWAWAY/log" \
-    -o "-p $port -k $THROWAWAY -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off" start >/dev/null
+    -o "-p $port -k $THROWAWAY -c listen_addresses=127.0.0.1 -c max_connections=400 $fast" start >/dev/null
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
   log "started a throwaway PostgreSQL cluster at $DATABASE_URL"
 }
