@@ -26,7 +26,7 @@ run: build
 test: test-rust walkthrough
 
 ## Rust unit, integration and end-to-end tests (including the failure-injection scenarios and a
-## one-minute chaos campaign, which run the real binaries); PostgreSQL is found or started.
+## 40-second chaos campaign, which run the real binaries); PostgreSQL is found or started.
 test-rust: build
 	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets $(FEATURES) -- --test-threads=6
 

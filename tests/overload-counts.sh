@@ -22,8 +22,8 @@ for url in "$SAGACTL_STORE_URL" "$SAGACTL_DELIVERY_URL" "$SAGACTL_ORDER_URL"; do
   for _ in $(seq 1 100); do ctl health "$url" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 ctl food create pizza Pizza >/dev/null
-ctl restock pizza 20000 >/dev/null
-ctl agents add north 20000 >/dev/null
+ctl restock pizza 10000 >/dev/null; ctl restock pizza 10000 >/dev/null
+ctl agents add north 10000 >/dev/null; ctl agents add north 10000 >/dev/null
 
 echo "== one client: 6,000 orders, 2,000 in flight on one connection"
 ctl place-many --count 6000 --concurrency 2000 --food pizza --zone north --allow-errors 2>&1 | grep -v '^first error' || true

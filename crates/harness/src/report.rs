@@ -183,8 +183,17 @@ pub struct ServiceUsage {
     pub cpu_s: f64,
     /// CPU time per completed order, milliseconds.
     pub cpu_ms_per_order: f64,
-    /// Peak resident set size, MiB.
+    /// Peak resident set size, MiB (0 when not measured, e.g. PostgreSQL's many backends).
     pub peak_rss_mib: f64,
+}
+
+/// A peak RSS cell: "n/a" when it was not measured.
+fn fmt_rss(mib: f64) -> String {
+    if mib > 0.0 {
+        fmt_num(mib)
+    } else {
+        "n/a".to_owned()
+    }
 }
 
 /// Throughput decay between the first and the last minute of the run.
@@ -1013,7 +1022,7 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
                     esc(&s.name),
                     fmt_num(s.cpu_s),
                     fmt_num(s.cpu_ms_per_order),
-                    fmt_num(s.peak_rss_mib),
+                    fmt_rss(s.peak_rss_mib),
                 ]
             })
             .collect();
@@ -1130,10 +1139,13 @@ fn summary_table(report: &Report) -> comfy_table::Table {
         row(
             &format!("{} CPU ms/order, RSS", s.name),
             format!(
-                "{} ms ({} s), {} MiB",
+                "{} ms ({} s), RSS {}",
                 fmt_num(s.cpu_ms_per_order),
                 fmt_num(s.cpu_s),
-                fmt_num(s.peak_rss_mib)
+                match fmt_rss(s.peak_rss_mib).as_str() {
+                    "n/a" => "n/a".to_owned(),
+                    mib => format!("{mib} MiB"),
+                }
             ),
         );
     }

@@ -881,7 +881,7 @@ async fn s10_short_randomized_campaign() {
     let secs = std::env::var("CHAOS_CI_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(40);
     let seed = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
