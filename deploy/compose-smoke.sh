@@ -178,7 +178,7 @@ st_walkthrough() {
 # last_summary FILE -> the place-many summary line, checked for shape
 last_summary() {
     local line
-    line=$(grep -E '^attempted=[0-9]+ placed=[0-9]+ not_placed=[0-9]+ errors=[0-9]+$' "$1" | tail -n1)
+    line=$(grep -E '^attempted=[0-9]+ placed=[0-9]+ not_placed=[0-9]+ errors=[0-9]+( busy_retries=[0-9]+)?$' "$1" | tail -n1)
     [ -n "$line" ] || { tail -n 20 "$1" >&2; die "sagactl place-many printed no summary line"; }
     echo "$line"
 }
