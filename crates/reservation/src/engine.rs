@@ -126,9 +126,9 @@ enum Claim {
 /// SQL for this engine's backend, rendered once.
 #[derive(Debug)]
 struct Queries {
-    insert_claim: String,
-    lock_claim: String,
-    claim_unit: String,
+    anchor_claim: String,
+    claim_free: String,
+    claim_expired: String,
     free_count: String,
     assign: String,
     unit_state: String,
@@ -152,23 +152,37 @@ impl Queries {
                COUNT(CASE WHEN u.status = 'assigned' THEN 1 END) \
              FROM pools p LEFT JOIN units u ON u.pool = p.pool";
         Self {
-            insert_claim: db.sql(
+            // One statement inserts the order's claim row or, when it exists, locks it (the
+            // no-op update takes the row lock) and returns its tombstone either way.
+            anchor_claim: db.sql(
                 "INSERT INTO claims (order_id, released_at, created_at) VALUES ($1, NULL, {now}) \
-                 ON CONFLICT (order_id) DO NOTHING",
+                 ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
+                 RETURNING released_at",
             ),
-            lock_claim: db.sql("SELECT released_at FROM claims WHERE order_id = $1 {for_update}"),
-            // One statement: pick a free (or expired) unit nobody else is locking, and take it.
-            // The outer WHERE re-checks the row after the lock, so a unit changed meanwhile is
-            // never taken.
-            claim_unit: db.sql(
+            // One statement: pick a free unit nobody else is locking, and take it. `ORDER BY
+            // unit_id` makes the planner walk the partial index `units_free`, which holds only
+            // available units; without it PostgreSQL chose a sequential scan that passed over
+            // every unit already handed out. The outer WHERE re-checks the row after the lock,
+            // so a unit changed meanwhile is never taken.
+            claim_free: db.sql(
+                "UPDATE units SET status = 'reserved', order_id = $1, \
+                   expires_at = {now} + $3, updated_at = {now} \
+                 WHERE unit_id = ( \
+                   SELECT unit_id FROM units WHERE pool = $2 AND status = 'available' \
+                   ORDER BY unit_id LIMIT 1 {skip_locked}) \
+                 AND status = 'available' \
+                 RETURNING unit_id, expires_at",
+            ),
+            // When no unit is free: take over a reservation that expired and that the sweeper
+            // has not freed yet.
+            claim_expired: db.sql(
                 "UPDATE units SET status = 'reserved', order_id = $1, \
                    expires_at = {now} + $3, updated_at = {now} \
                  WHERE unit_id = ( \
                    SELECT unit_id FROM units \
-                   WHERE pool = $2 AND (status = 'available' \
-                     OR (status = 'reserved' AND expires_at <= {now})) \
+                   WHERE pool = $2 AND status = 'reserved' AND expires_at <= {now} \
                    LIMIT 1 {skip_locked}) \
-                 AND (status = 'available' OR (status = 'reserved' AND expires_at <= {now})) \
+                 AND status = 'reserved' AND expires_at <= {now} \
                  RETURNING unit_id, expires_at",
             ),
             free_count: db.sql(
@@ -250,13 +264,13 @@ fn pool_info_from_row(
 }
 
 /// Fails with [`EngineError::UnknownPool`] unless `pool` exists.
-async fn require_pool(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+async fn require_pool<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     pool: &str,
 ) -> Result<(), EngineError> {
     let exists: Option<String> = sqlx::query_scalar("SELECT pool FROM pools WHERE pool = $1")
         .bind(pool)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(executor)
         .await?;
     match exists {
         Some(_) => Ok(()),
@@ -312,6 +326,8 @@ impl Engine {
                 .fetch_one(self.db.pool())
                 .await?;
             if free == 0 {
+                // Nothing to claim: an unknown pool, or one with no free unit.
+                require_pool(self.db.pool(), pool).await?;
                 return Err(EngineError::Exhausted(pool.to_owned()));
             }
             tracing::debug!(attempt, free, "claim skipped locked units, retrying");
@@ -328,14 +344,9 @@ impl Engine {
     ) -> Result<Claim, EngineError> {
         let sql = &self.sql;
         let mut tx = self.db.pool().begin().await?;
-        require_pool(&mut tx, pool).await?;
         // Anchor the order: this row lock serialises us with a concurrent release or reserve
         // of the same order.
-        sqlx::query(AssertSqlSafe(sql.insert_claim.as_str()))
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
-        let released: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.lock_claim.as_str()))
+        let released: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.anchor_claim.as_str()))
             .bind(order_id)
             .fetch_one(&mut *tx)
             .await?;
@@ -360,12 +371,21 @@ impl Engine {
             }));
         }
         fail::fail_point!("participant-reserve-before-claim");
-        let claimed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql.claim_unit.as_str()))
-            .bind(order_id)
-            .bind(pool)
-            .bind(ttl_ms)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let mut claimed: Option<(String, i64)> =
+            sqlx::query_as(AssertSqlSafe(sql.claim_free.as_str()))
+                .bind(order_id)
+                .bind(pool)
+                .bind(ttl_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if claimed.is_none() {
+            claimed = sqlx::query_as(AssertSqlSafe(sql.claim_expired.as_str()))
+                .bind(order_id)
+                .bind(pool)
+                .bind(ttl_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         match claimed {
             Some((unit_id, expires_at)) => {
                 fail::fail_point!("participant-reserve-before-commit");
@@ -497,7 +517,7 @@ impl Engine {
 
     async fn add_units_tx(&self, pool: &str, count: i64) -> Result<(), EngineError> {
         let mut tx = self.db.pool().begin().await?;
-        require_pool(&mut tx, pool).await?;
+        require_pool(&mut *tx, pool).await?;
         let ids: Vec<String> = (0..count)
             .map(|_| {
                 let hex = uuid::Uuid::new_v4().simple().to_string();
