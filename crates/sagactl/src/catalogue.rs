@@ -2,16 +2,18 @@
 
 use order_saga_proto::{
     delivery::v1::{
-        AddAgentsRequest, CompleteDeliveryRequest, ListZonesRequest,
+        AddAgentsRequest, CompleteDeliveryRequest, ListZonesRequest, Zone,
         delivery_admin_service_client::DeliveryAdminServiceClient,
         delivery_service_client::DeliveryServiceClient,
     },
     store::v1::{
-        CreateFoodRequest, ListFoodsRequest, RestockRequest,
+        CreateFoodRequest, Food, ListFoodsRequest, RestockRequest,
         store_admin_service_client::StoreAdminServiceClient,
         store_service_client::StoreServiceClient,
     },
 };
+
+use tonic::transport::Channel;
 
 use crate::client::{Urls, connect, status_error, table};
 
@@ -72,15 +74,32 @@ pub async fn complete(urls: &Urls, agent_id: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Packets per food, and with `zones_too` agents per zone, by state.
-pub async fn show_availability(urls: &Urls, zones_too: bool) -> anyhow::Result<()> {
-    let mut store = StoreServiceClient::new(connect(&urls.store).await?);
-    let foods = store
+/// Every food with its packet counts.
+pub async fn list_foods(store: &mut StoreServiceClient<Channel>) -> anyhow::Result<Vec<Food>> {
+    Ok(store
         .list_foods(ListFoodsRequest {})
         .await
         .map_err(status_error)?
         .into_inner()
-        .foods;
+        .foods)
+}
+
+/// Every zone with its agent counts.
+pub async fn list_zones(
+    delivery: &mut DeliveryServiceClient<Channel>,
+) -> anyhow::Result<Vec<Zone>> {
+    Ok(delivery
+        .list_zones(ListZonesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .zones)
+}
+
+/// Packets per food, and with `zones_too` agents per zone, by state.
+pub async fn show_availability(urls: &Urls, zones_too: bool) -> anyhow::Result<()> {
+    let mut store = StoreServiceClient::new(connect(&urls.store).await?);
+    let foods = list_foods(&mut store).await?;
     let mut t = table(&["food", "name", "available", "reserved", "assigned"]);
     for f in &foods {
         t.add_row(vec![
@@ -94,12 +113,7 @@ pub async fn show_availability(urls: &Urls, zones_too: bool) -> anyhow::Result<(
     println!("{t}");
     if zones_too {
         let mut delivery = DeliveryServiceClient::new(connect(&urls.delivery).await?);
-        let zones = delivery
-            .list_zones(ListZonesRequest {})
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .zones;
+        let zones = list_zones(&mut delivery).await?;
         let mut t = table(&["zone", "available", "reserved", "assigned"]);
         for z in &zones {
             t.add_row(vec![

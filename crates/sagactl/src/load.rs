@@ -13,21 +13,31 @@ use tokio::time::Instant;
 
 use crate::client::{Retry, Urls, connect, retry_after_error, state_name};
 
-/// What to place.
-#[derive(Debug)]
+/// What to place (the flags of `sagactl place-many`).
+#[derive(Debug, clap::Args)]
 pub struct Load {
     /// How many orders.
+    #[arg(long)]
     pub count: usize,
     /// How many in flight at once (all on one connection).
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Food of every order.
+    /// Food to order.
+    #[arg(long)]
     pub food: String,
-    /// Zone of every order.
+    /// Delivery zone.
+    #[arg(long)]
     pub zone: String,
-    /// Prefix of the idempotency keys; default a fresh one.
+    /// Prefix of the idempotency keys (`<prefix>-<n>`); default a fresh one.
+    #[arg(long)]
     pub key_prefix: Option<String>,
-    /// How long a not-final answer is retried; busy answers are always retried.
+    /// Keep retrying a failed request (same key) for this long; busy answers
+    /// (`UNAVAILABLE` with a retry hint) are always retried, after the hinted delay.
+    #[arg(long, default_value = "0s", value_parser = crate::client::humantime_duration)]
     pub retry_for: Duration,
+    /// Exit 0 even when some requests failed.
+    #[arg(long)]
+    pub allow_errors: bool,
 }
 
 #[derive(Debug, Default)]
@@ -68,7 +78,7 @@ async fn place_one(
 }
 
 /// Places `load` and prints the counts; fails if a request failed, unless `allow_errors`.
-pub async fn run(urls: &Urls, load: Load, allow_errors: bool) -> anyhow::Result<()> {
+pub async fn run(urls: &Urls, load: Load) -> anyhow::Result<()> {
     let prefix = load
         .key_prefix
         .clone()
@@ -126,7 +136,7 @@ pub async fn run(urls: &Urls, load: Load, allow_errors: bool) -> anyhow::Result<
         "attempted={} placed={} not_placed={} errors={} busy_retries={}",
         load.count, outcome.placed, outcome.not_placed, outcome.errors, outcome.busy_retries
     );
-    if outcome.errors > 0 && !allow_errors {
+    if outcome.errors > 0 && !load.allow_errors {
         bail!("{} request(s) failed", outcome.errors);
     }
     Ok(())

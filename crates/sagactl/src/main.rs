@@ -104,30 +104,7 @@ enum Cmd {
     /// Create a small demo catalogue and fleet if the store has no food yet.
     Seed,
     /// Place many orders concurrently and count the outcomes.
-    PlaceMany {
-        /// How many orders.
-        #[arg(long)]
-        count: usize,
-        /// How many in flight at once.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Food to order.
-        #[arg(long)]
-        food: String,
-        /// Delivery zone.
-        #[arg(long)]
-        zone: String,
-        /// Prefix of the idempotency keys (`<prefix>-<n>`); default a fresh one.
-        #[arg(long)]
-        key_prefix: Option<String>,
-        /// Keep retrying a failed request (same key) for this long; busy answers
-        /// (`UNAVAILABLE` with a retry hint) are always retried, after the hinted delay.
-        #[arg(long, default_value = "0s", value_parser = client::humantime_duration)]
-        retry_for: Duration,
-        /// Exit 0 even when some requests failed.
-        #[arg(long)]
-        allow_errors: bool,
-    },
+    PlaceMany(load::Load),
     /// Check the invariants through the public APIs once the system is quiet.
     Verify {
         /// How long to wait for pending orders and reservations to settle.
@@ -208,25 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Redrive { order_id } => orders::redrive(urls, order_id).await,
         Cmd::ForceFail { order_id } => orders::force_fail(urls, order_id).await,
         Cmd::Seed => catalogue::seed(urls).await,
-        Cmd::PlaceMany {
-            count,
-            concurrency,
-            food,
-            zone,
-            key_prefix,
-            retry_for,
-            allow_errors,
-        } => {
-            let load = load::Load {
-                count,
-                concurrency,
-                food,
-                zone,
-                key_prefix,
-                retry_for,
-            };
-            load::run(urls, load, allow_errors).await
-        }
+        Cmd::PlaceMany(load) => load::run(urls, load).await,
         Cmd::Verify { wait } => verify::verify(urls, wait).await,
         Cmd::Health { url, timeout } => client::health(&url, timeout).await,
     }

@@ -7,13 +7,14 @@ use std::{
 
 use anyhow::bail;
 use order_saga_proto::{
-    delivery::v1::{ListZonesRequest, delivery_service_client::DeliveryServiceClient},
+    delivery::v1::delivery_service_client::DeliveryServiceClient,
     order::v1::{Order, OrderState, order_service_client::OrderServiceClient},
-    store::v1::{ListFoodsRequest, store_service_client::StoreServiceClient},
+    store::v1::store_service_client::StoreServiceClient,
 };
 
 use crate::{
-    client::{Urls, connect, status_error},
+    catalogue::{list_foods, list_zones},
+    client::{Urls, connect},
     orders::list_orders,
 };
 
@@ -26,18 +27,8 @@ pub async fn verify(urls: &Urls, wait: Duration) -> anyhow::Result<()> {
     // Wait for quiet: no pending order and no live reservation.
     let (orders, foods, zones) = loop {
         let orders = list_orders(&mut orders_client, None, usize::MAX).await?;
-        let foods = store
-            .list_foods(ListFoodsRequest {})
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .foods;
-        let zones = delivery
-            .list_zones(ListZonesRequest {})
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .zones;
+        let foods = list_foods(&mut store).await?;
+        let zones = list_zones(&mut delivery).await?;
         let pending = orders.iter().any(|o| o.state == OrderState::Pending as i32);
         let reserved = foods.iter().any(|f| f.reserved > 0) || zones.iter().any(|z| z.reserved > 0);
         if (!pending && !reserved) || Instant::now() >= give_up {
