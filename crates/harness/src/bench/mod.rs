@@ -453,7 +453,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             violations: Vec::new(),
         },
     };
-    let durability = durability(args.backend, pg_url.as_deref()).await;
+    let durability = if own {
+        durability(args.backend, pg_url.as_deref()).await
+    } else {
+        Vec::new()
+    };
     let target = if own {
         format!(
             "own cluster (release binaries from {})",
@@ -465,7 +469,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let report = Report {
         started_at: started_at.to_rfc3339(),
         config: RunConfig {
-            backend: args.backend.as_str().into(),
+            // A running cluster's backend is not known from outside.
+            backend: if own {
+                args.backend.as_str().into()
+            } else {
+                "as configured (running cluster)".into()
+            },
             workload: args.workload.as_str().into(),
             foods: foods.len() as u32,
             zones: zones.len() as u32,
