@@ -36,7 +36,7 @@ walkthrough: build
 
 ## The randomized chaos campaign on a local PostgreSQL cluster: make chaos DURATION=10m CLIENTS=32 [SEED=n]
 chaos: build
-	$(CARGO) build -p order-saga-harness --bin chaos $(FEATURES)
+	$(CARGO) build -p order-saga-harness $(RUN_PACKAGES) --bin chaos $(FEATURES)
 	$(BIN_DIR)/chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
 
 ## The benchmark, on release binaries it builds (never the dev profile):
