@@ -134,6 +134,26 @@ pub fn client_may_retry(code: Code) -> bool {
     )
 }
 
+/// What a client of `PlaceOrder` does after a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRetry {
+    /// The server is busy (nothing was done): send the same request after this delay.
+    Busy(Duration),
+    /// The outcome is unknown or not final yet: back off, then send the same request.
+    Backoff,
+    /// A definitive answer about the request: stop.
+    Stop,
+}
+
+/// The one place clients (`sagactl`, the chaos clients, the benchmark) decide how to retry.
+pub fn client_retry(status: &Status) -> ClientRetry {
+    match retry_hint(status) {
+        Some(delay) if status.code() == Code::Unavailable => ClientRetry::Busy(delay),
+        _ if client_may_retry(status.code()) => ClientRetry::Backoff,
+        _ => ClientRetry::Stop,
+    }
+}
+
 /// Classifies a non-OK `status` answered to `call`: [`classify_code`] with the status's
 /// `ErrorInfo` reason, if it carries one in [`ERROR_DOMAIN`].
 pub fn classify(call: Call, status: &Status) -> Verdict {
@@ -144,6 +164,16 @@ pub fn classify(call: Call, status: &Status) -> Verdict {
 pub fn refusal_reason(status: &Status) -> Option<String> {
     let info = status.get_details_error_info()?;
     (info.domain == ERROR_DOMAIN).then_some(info.reason)
+}
+
+impl Refusal {
+    /// The refusal `status` carries: its code with the matching reason, or `None`.
+    pub fn of(status: &Status) -> Option<Refusal> {
+        let reason = refusal_reason(status)?;
+        Refusal::ALL
+            .into_iter()
+            .find(|r| r.code() == status.code() && r.reason() == Some(reason.as_str()))
+    }
 }
 
 /// Classifies a non-OK status `code` answered to `call`, with the `reason` of its `ErrorInfo`

@@ -19,8 +19,8 @@
 pub mod contract;
 
 pub use contract::{
-    Call, ERROR_DOMAIN, Refusal, Verdict, busy, classify, classify_code, client_may_retry,
-    retry_hint,
+    Call, ClientRetry, ERROR_DOMAIN, Refusal, Verdict, busy, classify, classify_code,
+    client_may_retry, client_retry, retry_hint,
 };
 
 /// A participant.

@@ -554,4 +554,21 @@ fn a_refusal_round_trips_through_its_status_and_overload_never_reads_as_one() {
         Some(std::time::Duration::from_millis(250))
     );
     assert_eq!(retry_hint(&shed), None);
+    assert_eq!(
+        client_retry(&busy),
+        ClientRetry::Busy(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(
+        client_retry(&Status::unavailable("down")),
+        ClientRetry::Backoff
+    );
+    assert_eq!(
+        client_retry(&Status::invalid_argument("bad")),
+        ClientRetry::Stop
+    );
+    for refusal in Refusal::ALL {
+        let expected = refusal.reason().map(|_| refusal);
+        assert_eq!(Refusal::of(&refusal.status("no")), expected, "{refusal:?}");
+    }
+    assert_eq!(Refusal::of(&foreign), None);
 }

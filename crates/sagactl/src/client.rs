@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use order_saga_proto::order::v1::{NotPlacedReason, Order, OrderState};
-use order_saga_saga::{client_may_retry, retry_hint};
+use order_saga_saga::{ClientRetry, client_retry};
 use tokio::time::Instant;
 use tonic::{Status, transport::Channel};
 
@@ -100,25 +100,13 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-/// What to do after a failed call that may be retried with the same idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// The server is busy and said when to come back.
-    Busy(Duration),
-    /// The outcome is unknown or not final yet: back off and ask again.
-    Backoff,
-    /// A definitive answer (or the time to retry ran out): stop.
-    Stop,
-}
-
-/// Classifies a failed `PlaceOrder` for a client still allowed to retry until `give_up`. A
-/// busy answer is always retried after its hint, whatever `give_up` says: the request was not
+/// The contract's retry decision for a client still allowed to retry until `give_up`. A busy
+/// answer is always retried after its hint, whatever `give_up` says: the request was not
 /// taken, and the hint is the server's backpressure.
-pub fn retry_after_error(status: &Status, give_up: Instant) -> Retry {
-    match retry_hint(status) {
-        Some(delay) if status.code() == tonic::Code::Unavailable => Retry::Busy(delay),
-        _ if client_may_retry(status.code()) && Instant::now() < give_up => Retry::Backoff,
-        _ => Retry::Stop,
+pub fn retry_after_error(status: &Status, give_up: Instant) -> ClientRetry {
+    match client_retry(status) {
+        ClientRetry::Backoff if Instant::now() >= give_up => ClientRetry::Stop,
+        decision => decision,
     }
 }
 

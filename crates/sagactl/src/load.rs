@@ -11,7 +11,9 @@ use order_saga_proto::order::v1::{
 };
 use tokio::time::Instant;
 
-use crate::client::{Retry, Urls, connect, retry_after_error, state_name};
+use order_saga_saga::ClientRetry;
+
+use crate::client::{Urls, connect, retry_after_error, state_name};
 
 /// What to place (the flags of `sagactl place-many`).
 #[derive(Debug, clap::Args)]
@@ -63,15 +65,17 @@ async fn place_one(
         match client.place_order(request.clone()).await {
             Ok(order) => return (Ok(order.into_inner().state), busy),
             Err(s) => match retry_after_error(&s, give_up) {
-                Retry::Busy(delay) => {
+                ClientRetry::Busy(delay) => {
                     busy += 1;
                     tokio::time::sleep(delay).await;
                 }
-                Retry::Backoff => {
+                ClientRetry::Backoff => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                Retry::Stop => return (Err(format!("{:?}: {}", s.code(), s.message())), busy),
+                ClientRetry::Stop => {
+                    return (Err(format!("{:?}: {}", s.code(), s.message())), busy);
+                }
             },
         }
     }

@@ -10,7 +10,9 @@ use order_saga_proto::order::v1::{
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::client::{Retry, Urls, connect, print_orders, retry_after_error, status_error, table};
+use order_saga_saga::ClientRetry;
+
+use crate::client::{Urls, connect, print_orders, retry_after_error, status_error, table};
 
 /// Places one order and waits for its outcome, retrying busy and not-final answers with the
 /// same key for up to `retry_for`.
@@ -36,11 +38,11 @@ pub async fn place(
         match client.place_order(request.clone()).await {
             Ok(order) => break order.into_inner(),
             Err(status) => match retry_after_error(&status, give_up) {
-                Retry::Busy(delay) => {
+                ClientRetry::Busy(delay) => {
                     eprintln!("busy; retrying in {delay:?} (key {key})");
                     tokio::time::sleep(delay).await;
                 }
-                Retry::Backoff => {
+                ClientRetry::Backoff => {
                     eprintln!(
                         "{:?}: {}; retrying (key {key})",
                         status.code(),
@@ -49,7 +51,7 @@ pub async fn place(
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                Retry::Stop => {
+                ClientRetry::Stop => {
                     return Err(status_error(status).context(format!("idempotency key {key}")));
                 }
             },

@@ -20,7 +20,7 @@ pub struct PgCluster {
 
 /// Finds a directory holding `initdb` and `pg_ctl`: the newest `/usr/lib/postgresql/*/bin`,
 /// else `PATH`.
-fn find_bin() -> anyhow::Result<PathBuf> {
+pub fn find_bin() -> anyhow::Result<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {
             d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))

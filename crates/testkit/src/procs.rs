@@ -292,7 +292,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// Splits `total` units into calls of at most the engine's per-call limit.
-fn batches(total: i64) -> impl Iterator<Item = i64> {
+pub fn batches(total: i64) -> impl Iterator<Item = i64> {
     let limit = order_saga_reservation::MAX_UNITS_PER_CALL;
     (0..total.max(0))
         .step_by(limit as usize)

@@ -9,7 +9,7 @@ use order_saga_proto::{
     delivery::v1::{GetZoneRequest, delivery_service_client::DeliveryServiceClient},
     store::v1::{GetFoodRequest, store_service_client::StoreServiceClient},
 };
-use order_saga_saga::{Call, Refusal, Verdict, classify};
+use order_saga_saga::Refusal;
 use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
 use crate::placement::PlaceError;
@@ -67,7 +67,7 @@ impl Catalogue {
                 self.remember(key);
                 Ok(())
             }
-            Err(s) if classify(Call::Reserve, &s) == Verdict::Definitive(Refusal::UnknownPool) => {
+            Err(s) if Refusal::of(&s) == Some(Refusal::UnknownPool) => {
                 Err(PlaceError::UnknownPool {
                     field,
                     value: value.to_owned(),

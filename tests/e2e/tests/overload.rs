@@ -18,8 +18,8 @@ use order_saga_platform::{admission::AdmissionConfig, testing::TestBackend};
 use order_saga_proto::order::v1::{
     OrderState, PlaceOrderRequest, order_service_client::OrderServiceClient,
 };
-use order_saga_saga::retry_hint;
-use tonic::{Code, transport::Channel};
+use order_saga_saga::{ClientRetry, client_retry};
+use tonic::transport::Channel;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -51,8 +51,8 @@ async fn place(client: &mut OrderServiceClient<Channel>, key: String, tally: &Ta
                 counter.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Err(status) => match retry_hint(&status) {
-                Some(delay) if status.code() == Code::Unavailable => {
+            Err(status) => match client_retry(&status) {
+                ClientRetry::Busy(delay) => {
                     tally.busy.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(delay).await;
                 }

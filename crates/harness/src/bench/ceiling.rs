@@ -27,20 +27,6 @@ const SCHEMA: &str = "CREATE TABLE units (
     order_id TEXT, expires_at BIGINT, updated_at BIGINT NOT NULL)";
 const INDEX: &str = "CREATE INDEX units_by_pool_status ON units (pool, status)";
 
-fn pg_tool(name: &str) -> String {
-    let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-        .pop()
-        .map_or_else(|| name.to_owned(), |p| p.display().to_string())
-}
-
 /// Runs the claim through pgbench for `duration` with `clients` clients, on a fresh database
 /// next to `pg_url`'s.
 pub async fn postgres(
@@ -81,7 +67,8 @@ pub async fn postgres(
          expires_at = 1, updated_at = 1 WHERE unit_id = (SELECT unit_id FROM units \
          WHERE pool = 'p' AND status = 'available' LIMIT 1 FOR UPDATE SKIP LOCKED);\n",
     )?;
-    let out = Command::new(pg_tool("pgbench"))
+    let pgbench = order_saga_testkit::pg::find_bin()?.join("pgbench");
+    let out = Command::new(pgbench)
         .args(["-n", "-M", "prepared", "-j", "2"])
         .args(["-c", &clients.to_string()])
         .args(["-T", &duration.as_secs().max(1).to_string()])

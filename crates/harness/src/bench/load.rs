@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use order_saga_proto::order::v1::{
     OrderState, PlaceOrderRequest, order_service_client::OrderServiceClient,
 };
-use order_saga_saga::{client_may_retry, retry_hint};
+use order_saga_saga::{ClientRetry, client_retry};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -169,14 +169,16 @@ async fn place(
                 };
                 return (outcome, busy);
             }
-            Err(status) => {
-                if let Some(delay) = retry_hint(&status) {
+            Err(status) => match client_retry(&status) {
+                ClientRetry::Busy(delay) => {
                     busy += 1;
                     tokio::time::sleep(delay).await;
-                } else if client_may_retry(status.code()) && Instant::now() < give_up {
+                }
+                ClientRetry::Backoff if Instant::now() < give_up => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
-                } else {
+                }
+                ClientRetry::Backoff | ClientRetry::Stop => {
                     if let Ok(mut first) = recorder.first_error.lock() {
                         first.get_or_insert_with(|| {
                             format!("{:?}: {}", status.code(), status.message())
@@ -184,7 +186,7 @@ async fn place(
                     }
                     return (Outcome::Error, busy);
                 }
-            }
+            },
         }
     }
 }

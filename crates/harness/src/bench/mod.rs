@@ -22,7 +22,10 @@ use order_saga_proto::{
         CreateFoodRequest, RestockRequest, store_admin_service_client::StoreAdminServiceClient,
     },
 };
-use order_saga_testkit::invariants::{self, DbUrls, Stock};
+use order_saga_testkit::{
+    invariants::{self, DbUrls, Stock},
+    procs::batches,
+};
 use sqlx::{AnyConnection, Connection, Row};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -118,12 +121,6 @@ async fn stock(
 ) -> anyhow::Result<Stock> {
     let mut store = StoreAdminServiceClient::new(channel(store_url).await?);
     let mut delivery = DeliveryAdminServiceClient::new(channel(delivery_url).await?);
-    let batches = |total: i64| {
-        let limit = 10_000;
-        (0..total)
-            .step_by(limit as usize)
-            .map(move |s| (total - s).min(limit))
-    };
     let mut stock = Stock::new();
     for food in foods {
         let created = store
