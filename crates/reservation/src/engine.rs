@@ -546,6 +546,14 @@ impl Engine {
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        // Refresh the planner's statistics now rather than when autovacuum next visits (up to
+        // a minute later on PostgreSQL). Until then a table that was empty when last analysed
+        // has no statistics, and the planner walked `units_by_pool_status` and sorted the
+        // whole pool on every claim (5 ms a claim for 2,500 free units) instead of reading
+        // one entry of `units_free`. The units are added either way: a failure is only logged.
+        if let Err(e) = sqlx::query("ANALYZE units").execute(self.db.pool()).await {
+            tracing::warn!(error = %e, "ANALYZE units after adding units failed");
+        }
         Ok(())
     }
 
