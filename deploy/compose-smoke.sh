@@ -38,6 +38,10 @@ export ORDER_RESERVATION_TTL=${SMOKE_RESERVATION_TTL:-30s}
 ORDER_URL=http://127.0.0.1:$ORDER_PORT
 STORE_URL=http://127.0.0.1:$STORE_PORT
 DELIVERY_URL=http://127.0.0.1:$DELIVERY_PORT
+# This run's admin token: the cluster takes it from compose, sagactl and the walkthrough from
+# the environment.
+ADMIN_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+export ADMIN_TOKEN SAGACTL_ADMIN_TOKEN=$ADMIN_TOKEN
 LOG_DIR=$REPO_ROOT/target/compose-smoke
 mkdir -p "$LOG_DIR"
 

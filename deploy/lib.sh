@@ -84,9 +84,24 @@ detect_compose() {
 }
 
 # compose PROJECT ARGS...: run compose on our file for one project.
+# The admin token of the compose cluster: $ADMIN_TOKEN when set, else the one kept in
+# deploy/.admin-token (git-ignored, mode 600), made on first use. docker-compose.yml has no
+# default for it: compose refuses to start without one.
+ensure_admin_token() {
+    [ -n "${ADMIN_TOKEN:-}" ] && { export ADMIN_TOKEN; return 0; }
+    local file=$REPO_ROOT/deploy/.admin-token
+    if [ ! -s "$file" ]; then
+        (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file")
+        log "made an admin token in $file"
+    fi
+    ADMIN_TOKEN=$(tr -d '[:space:]' <"$file")
+    export ADMIN_TOKEN
+}
+
 compose() {
     local project=$1; shift
     detect_compose
+    ensure_admin_token
     # shellcheck disable=SC2086 # COMPOSE is a command with its subcommand
     $COMPOSE -p "$project" -f "$COMPOSE_FILE_PATH" "$@"
 }

@@ -23,6 +23,18 @@ export SAGACTL_STORE_URL=http://$STORE_LISTEN_ADDR
 export SAGACTL_DELIVERY_URL=http://$DELIVERY_LISTEN_ADDR
 export RUST_LOG=${RUST_LOG:-info}
 
+# The admin APIs accept only a bearer token. Ours is made on first start, readable only by
+# this user, and kept in the data directory; ADMIN_TOKEN overrides it. It is never a default.
+TOKEN_FILE=$DATA_DIR/admin.token
+if [ -n "${ADMIN_TOKEN:-}" ]; then
+  (umask 077; printf '%s\n' "$ADMIN_TOKEN" >"$TOKEN_FILE")
+elif [ ! -s "$TOKEN_FILE" ]; then
+  (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"; echo >>"$TOKEN_FILE")
+fi
+ADMIN_TOKEN=$(tr -d '[:space:]' <"$TOKEN_FILE")
+export ORDER_ADMIN_TOKEN=$ADMIN_TOKEN STORE_ADMIN_TOKEN=$ADMIN_TOKEN DELIVERY_ADMIN_TOKEN=$ADMIN_TOKEN
+export SAGACTL_ADMIN_TOKEN=$ADMIN_TOKEN
+
 pids=()
 stop_all() {
   trap - INT TERM EXIT
@@ -64,7 +76,14 @@ Place a first order with grpcurl (server reflection is on, no proto files needed
   grpcurl -plaintext -d '{"idempotencyKey":"first-order","customerId":"alice","foodId":"margherita","zone":"north"}' \\
     $ORDER_LISTEN_ADDR order.v1.OrderService/PlaceOrder
 
-or with the CLI:
+Admin calls need the operator token (kept in $TOKEN_FILE):
+  grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{"foodId":"margherita","count":5}' \\
+    $STORE_LISTEN_ADDR store.v1.StoreAdminService/Restock
+  grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{"limit":10}' \\
+    $ORDER_LISTEN_ADDR order.v1.OrderAdminService/ListStuckOrders
+or, for the README walkthrough:  export ADMIN_TOKEN=\$(cat $TOKEN_FILE)
+
+or with the CLI (it reads $TOKEN_FILE, or SAGACTL_ADMIN_TOKEN):
   $BIN_DIR/sagactl place --food margherita --zone north
   $BIN_DIR/sagactl list
   $BIN_DIR/sagactl availability

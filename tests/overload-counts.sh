@@ -12,6 +12,10 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 S=$(port); D=$(port); O=$(port)
 export RUST_LOG=warn
+# A throwaway admin token for this run's cluster and its sagactl.
+ADMIN_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+export STORE_ADMIN_TOKEN=$ADMIN_TOKEN DELIVERY_ADMIN_TOKEN=$ADMIN_TOKEN ORDER_ADMIN_TOKEN=$ADMIN_TOKEN
+export SAGACTL_ADMIN_TOKEN=$ADMIN_TOKEN
 STORE_LISTEN_ADDR=127.0.0.1:$S STORE_DATABASE_URL=sqlite://$DIR/store.db "$BIN_DIR/store" >"$DIR/store.log" 2>&1 &
 DELIVERY_LISTEN_ADDR=127.0.0.1:$D DELIVERY_DATABASE_URL=sqlite://$DIR/delivery.db "$BIN_DIR/delivery" >"$DIR/delivery.log" 2>&1 &
 ORDER_LISTEN_ADDR=127.0.0.1:$O ORDER_DATABASE_URL=sqlite://$DIR/order.db \

@@ -37,6 +37,9 @@ echo "== make run printed:"
 cat "$LOG"
 
 echo "== README walkthrough"
+# As the README says: the admin token `make run` wrote into its data directory.
+ADMIN_TOKEN=$(cat "$DATA_DIR/admin.token")
+export ADMIN_TOKEN
 bash tests/walkthrough.sh "localhost:$ORDER_PORT" "localhost:$STORE_PORT" "localhost:$DELIVERY_PORT"
 
 echo "== Ctrl-C"

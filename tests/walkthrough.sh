@@ -11,6 +11,8 @@
 #   - localhost:50051 / :50052 / :50053 (or 127.0.0.1:...) become ORDER_ADDR / STORE_ADDR /
 #     DELIVERY_ADDR;
 #   - the placeholder <ORDER_ID> becomes the orderId of the last PlaceOrder answer.
+# `$ADMIN_TOKEN` in a command expands to the admin token of the cluster (the environment's,
+# which tests/run-walkthrough.sh reads from the cluster's data directory).
 # When grpcurl is not on PATH, a `grpcurl` shell function translates the commands into `buf curl`
 # (buf from npm's @bufbuild/buf, installed into .tools/buf when missing).
 #
@@ -111,16 +113,17 @@ fi
 # The last call's method and request body, for the checks.
 WT_METHOD="" WT_DATA=""
 
-# grpcurl as the README calls it: grpcurl -plaintext [-d JSON] HOST SERVICE/METHOD,
+# grpcurl as the README calls it: grpcurl -plaintext [-H HEADER] [-d JSON] HOST SERVICE/METHOD,
 # grpcurl -plaintext HOST list [SERVICE]. Records the call, then runs grpcurl or buf curl.
 grpcurl() {
-    local data="" has_data=0 plaintext=0 pos=()
+    local data="" has_data=0 plaintext=0 pos=() headers=()
     local orig=("$@")
     while [ $# -gt 0 ]; do
         case $1 in
             -plaintext | --plaintext) plaintext=1 ;;
             -d | --d) data=$2; has_data=1; shift ;;
             -d=* | --d=*) data=${1#*=}; has_data=1 ;;
+            -H | --H | -rpc-header | --rpc-header) headers+=(-H "$2"); shift ;;
             -*) echo "walkthrough: grpcurl flag $1 is not supported by the buf curl stand-in" >&2
                 [ "$GRPCURL_MODE" = grpcurl ] || return 2 ;;
             *) pos+=("$1") ;;
@@ -140,6 +143,7 @@ grpcurl() {
     [ $plaintext = 1 ] && scheme=http
     local base=("$BUF" curl --timeout "${TIMEOUT}s" --protocol grpc)
     [ $plaintext = 1 ] && base+=(--http2-prior-knowledge)
+    [ ${#headers[@]} -gt 0 ] && base+=("${headers[@]}")
     case ${pos[1]} in
         list)
             if [ ${#pos[@]} -ge 3 ]; then

@@ -320,19 +320,27 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(e) => {
             let code = e.code().unwrap_or_default();
-            // 08: connection exception; 57P0x: admin/crash shutdown, cannot connect now;
-            // 53: insufficient resources; 40001/40P01: serialization failure/deadlock (retryable);
-            // SQLite 5/6: busy/locked.
+            // PostgreSQL SQLSTATEs (always five characters): 08 connection exception; 57P0x
+            // admin/crash shutdown, cannot connect now; 53 insufficient resources; 40001/40P01
+            // serialization failure/deadlock (retryable).
             code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code == "40001"
                 || code == "40P01"
-                || code == "5"
-                || code == "6"
+                || sqlite_busy(&code)
         }
         _ => false,
     }
+}
+
+/// True for SQLite's `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6), including their extended codes
+/// (`SQLITE_BUSY_RECOVERY` 261, `SQLITE_BUSY_SNAPSHOT` 517, `SQLITE_BUSY_TIMEOUT` 773,
+/// `SQLITE_LOCKED_SHAREDCACHE` 262, ...): sqlx reports the extended code, whose low byte is
+/// the primary one. SQLite codes are decimal numbers of at most four digits, so no
+/// PostgreSQL SQLSTATE (five characters) is read as one.
+fn sqlite_busy(code: &str) -> bool {
+    code.len() < 5 && code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// Turns an unexpected database error into a status without leaking SQL or driver text:
@@ -350,6 +358,17 @@ pub fn status_from_db_error(err: &sqlx::Error, context: &str) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_busy_and_locked_are_recognised_with_their_extended_codes() {
+        for code in ["5", "6", "261", "517", "773", "262", "518"] {
+            assert!(sqlite_busy(code), "{code}");
+        }
+        // SQLITE_CONSTRAINT_UNIQUE, SQLITE_IOERR_WRITE, SQLITE_FULL, and PostgreSQL SQLSTATEs.
+        for code in ["2067", "778", "13", "00005", "23505", "40001", "P0001", ""] {
+            assert!(!sqlite_busy(code), "{code}");
+        }
+    }
 
     #[test]
     fn backend_is_detected_from_url() {

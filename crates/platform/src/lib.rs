@@ -7,10 +7,13 @@
 //!   context propagation on every gRPC call so one order is one trace across services.
 //! - [`server`]: the gRPC server stack every service runs (health, reflection, timeouts,
 //!   admission control, graceful shutdown).
+//! - [`auth`]: bearer tokens with a role (operator, viewer) for the admin services, checked by
+//!   one layer per server, and the client interceptor that sends them.
 //! - [`admission`]: one bounded FIFO admission queue per server; overload is answered
 //!   `UNAVAILABLE` with a retry hint, never a code a saga reads as final.
 
 pub mod admission;
+pub mod auth;
 pub mod db;
 pub mod failpoints;
 pub mod server;
@@ -44,9 +47,42 @@ pub fn validate_id(field: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a display name supplied by a client and returns it trimmed: 1 to `max` characters
+/// after trimming, with no control characters (no newlines, escapes or NULs that would forge
+/// log lines or break a terminal). Returns a message naming the field on failure, for
+/// `INVALID_ARGUMENT`.
+pub fn validate_name<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, String> {
+    let name = value.trim();
+    if name.is_empty() || name.chars().count() > max {
+        return Err(format!("{field} must be 1 to {max} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{field} must not contain control characters"));
+    }
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_free_of_control_characters() {
+        assert_eq!(
+            validate_name("name", "  Margherita ", 200),
+            Ok("Margherita")
+        );
+        assert_eq!(
+            validate_name("name", "Crème brûlée 🍮", 200),
+            Ok("Crème brûlée 🍮")
+        );
+        assert!(validate_name("name", "   ", 200).is_err());
+        assert!(validate_name("name", &"é".repeat(201), 200).is_err());
+        for bad in ["a\nb", "a\u{1b}[31mb", "a\0b", "a\u{7f}b", "a\u{85}b"] {
+            let err = validate_name("name", bad, 200).expect_err(bad);
+            assert!(err.contains("control"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn ids_are_checked_by_length_and_alphabet() {

@@ -11,9 +11,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
 
-use crate::admission::{AdmissionConfig, AdmissionLayer};
+use crate::{
+    admission::{AdmissionConfig, AdmissionLayer},
+    auth::{AdminAuthLayer, AdminTokens},
+};
 
-/// Limits applied to every request.
+/// What every request must get past: a run-time limit, the admission queue, and, for the
+/// admin services, a token.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// Longest a request may run before it is answered `CANCELLED`/`DEADLINE_EXCEEDED`; a
@@ -21,6 +25,8 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// How many requests the server runs and queues across all its connections.
     pub admission: AdmissionConfig,
+    /// The tokens the admin services accept (none: every admin call is refused).
+    pub admin_tokens: AdminTokens,
 }
 
 impl Default for ServerLimits {
@@ -28,6 +34,7 @@ impl Default for ServerLimits {
         Self {
             request_timeout: Duration::from_secs(60),
             admission: AdmissionConfig::default(),
+            admin_tokens: AdminTokens::default(),
         }
     }
 }
@@ -61,6 +68,8 @@ pub async fn serve(
         .trace_fn(crate::telemetry::grpc_server_span)
         // Bound every request's run time; the client's grpc-timeout wins when it is shorter.
         .timeout(limits.request_timeout)
+        // Admin calls without a valid token are refused before they take an admission slot.
+        .layer(AdminAuthLayer::new(limits.admin_tokens.clone()))
         // Innermost: one admission queue for the whole server (not per connection), answering
         // UNAVAILABLE with a retry hint when it is full.
         .layer(AdmissionLayer::new(limits.admission.clone()))

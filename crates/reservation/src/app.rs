@@ -7,6 +7,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use order_saga_platform::{
     admission::AdmissionConfig,
+    auth::AdminTokens,
     db::{Db, DbOptions},
     parse_duration,
     server::{ServerLimits, base_routes, serve_with_task},
@@ -37,6 +38,9 @@ pub struct ParticipantArgs {
     /// Pause between sweeps of expired reservations.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// How long the record of an order's claim and release is kept; at least the max TTL.
+    #[arg(long, default_value = "7days", value_parser = parse_duration)]
+    pub claim_retention: Duration,
     /// Longest reservation TTL a caller may ask for.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub max_ttl: Duration,
@@ -55,6 +59,13 @@ pub struct ParticipantArgs {
     /// The retry delay a busy answer's RetryInfo asks for.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub retry_after: Duration,
+    /// Bearer token of the operator role on the admin API (at least 16 characters). Without
+    /// any token the admin API refuses every call.
+    #[arg(long, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token of the viewer role: the admin API's read-only methods only.
+    #[arg(long, hide_env_values = true)]
+    pub viewer_token: Option<String>,
 }
 
 impl ParticipantArgs {
@@ -79,9 +90,10 @@ impl ParticipantArgs {
         Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 
-    /// Settings for [`Participant::build`], keeping the address.
-    pub fn settings(&self) -> ParticipantSettings {
-        ParticipantSettings {
+    /// Settings for [`Participant::build`], keeping the address; fails on a token too weak to
+    /// accept.
+    pub fn settings(&self) -> anyhow::Result<ParticipantSettings> {
+        Ok(ParticipantSettings {
             database_url: self.database_url.clone(),
             db: DbOptions {
                 max_connections: self.db_max_connections,
@@ -90,6 +102,8 @@ impl ParticipantArgs {
             },
             sweeper: SweeperConfig {
                 interval: self.sweep_interval,
+                // A shorter retention could forget a tombstone while a reserve may still come.
+                claim_retention: self.claim_retention.max(self.max_ttl),
                 ..SweeperConfig::default()
             },
             limits: ServerLimits {
@@ -100,9 +114,14 @@ impl ParticipantArgs {
                     queue_wait: self.queue_wait,
                     retry_after: self.retry_after,
                 },
+                admin_tokens: AdminTokens::new(
+                    self.admin_token.as_deref(),
+                    self.viewer_token.as_deref(),
+                )
+                .map_err(anyhow::Error::msg)?,
             },
             max_ttl: self.max_ttl,
-        }
+        })
     }
 }
 

@@ -135,6 +135,7 @@ struct Queries {
     tombstone: String,
     release_units: String,
     sweep: String,
+    forget_claims: String,
     pool_info: String,
     list_pools: String,
     insert_pool: String,
@@ -216,6 +217,15 @@ impl Queries {
                  AND status = 'reserved' AND expires_at <= {now} \
                  RETURNING unit_id",
             ),
+            // Claims whose retention has passed: the anchor's reserve and any release are
+            // that long ago. SKIP LOCKED leaves a claim a reserve or release is using alone.
+            forget_claims: db.sql(
+                "DELETE FROM claims WHERE order_id IN ( \
+                   SELECT order_id FROM claims \
+                   WHERE created_at <= {now} - $1 \
+                     AND (released_at IS NULL OR released_at <= {now} - $1) \
+                   ORDER BY created_at LIMIT $2 {skip_locked})",
+            ),
             pool_info: db.sql(&format!(
                 "{counts} WHERE p.pool = $1 GROUP BY p.pool, p.name, p.created_at"
             )),
@@ -260,6 +270,19 @@ fn pool_info_from_row(
             reserved,
             assigned,
         },
+    }
+}
+
+/// Fails with [`EngineError::InvalidArgument`] unless `count` units may be added in one call
+/// (1 to [`MAX_UNITS_PER_CALL`]). Callers that create a pool before adding units check first,
+/// so a bad count creates nothing.
+pub fn check_unit_count(count: i64) -> Result<(), EngineError> {
+    if (1..=MAX_UNITS_PER_CALL).contains(&count) {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidArgument(format!(
+            "count must be between 1 and {MAX_UNITS_PER_CALL}"
+        )))
     }
 }
 
@@ -477,6 +500,24 @@ impl Engine {
             .await?)
     }
 
+    /// Deletes up to `batch` claims (an order's anchor and its release tombstone) older than
+    /// `retention` by the database clock. Returns how many it deleted.
+    ///
+    /// A tombstone refuses a reserve that arrives after the order's release; the orchestrator
+    /// stops sending reserves once the reservation TTL has passed, so a retention well beyond
+    /// the longest TTL forgets only claims nobody will ask about. Even a reserve older than the
+    /// retention would only hold a unit until its TTL, when the sweeper frees it.
+    #[instrument(skip_all, err)]
+    pub async fn forget_claims(&self, retention: Duration, batch: i64) -> Result<u64, EngineError> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query(AssertSqlSafe(self.sql.forget_claims.as_str()))
+            .bind(retention_ms)
+            .bind(batch)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Creates a pool; [`EngineError::PoolExists`] if it exists.
     #[instrument(skip_all, fields(pool = %pool), err)]
     pub async fn create_pool(&self, pool: &str, name: &str) -> Result<PoolInfo, EngineError> {
@@ -505,11 +546,7 @@ impl Engine {
     /// Adds `count` new units to an existing pool, in one transaction.
     #[instrument(skip_all, fields(pool = %pool, count), err)]
     pub async fn add_units(&self, pool: &str, count: i64) -> Result<PoolInfo, EngineError> {
-        if !(1..=MAX_UNITS_PER_CALL).contains(&count) {
-            return Err(EngineError::InvalidArgument(format!(
-                "count must be between 1 and {MAX_UNITS_PER_CALL}"
-            )));
-        }
+        check_unit_count(count)?;
         let (this, pool_id) = (self.clone(), pool.to_owned());
         detached(async move { this.add_units_tx(&pool_id, count).await }).await?;
         self.pool_info(pool).await

@@ -1,4 +1,5 @@
-//! The sweeper: periodically frees reservations whose expiry has passed.
+//! The sweeper: periodically frees reservations whose expiry has passed, and forgets claims
+//! (anchors and release tombstones) older than the claim retention so the table stays bounded.
 //!
 //! Each participant runs one as a background task. Expiry is judged by the database clock
 //! inside the sweeping statement, and rows are taken with `SKIP LOCKED`, so any number of
@@ -8,13 +9,18 @@ use std::{future::Future, time::Duration};
 
 use crate::Engine;
 
+/// Claims are kept a week by default: far beyond the longest reservation TTL.
+pub const DEFAULT_CLAIM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Sweeper settings.
 #[derive(Debug, Clone)]
 pub struct SweeperConfig {
     /// Pause between sweeps.
     pub interval: Duration,
-    /// Most reservations freed per statement.
+    /// Most reservations freed, or claims forgotten, per statement.
     pub batch: i64,
+    /// How long claims are kept (see [`Engine::forget_claims`]).
+    pub claim_retention: Duration,
 }
 
 impl Default for SweeperConfig {
@@ -22,6 +28,7 @@ impl Default for SweeperConfig {
         Self {
             interval: Duration::from_secs(1),
             batch: 1000,
+            claim_retention: DEFAULT_CLAIM_RETENTION,
         }
     }
 }
@@ -51,6 +58,29 @@ pub async fn run(engine: Engine, config: SweeperConfig, shutdown: impl Future<Ou
                     tracing::warn!(error = %e, "sweep failed, will retry");
                     break;
                 }
+            }
+        }
+        forget_old_claims(&engine, &config).await;
+    }
+}
+
+/// Deletes the claims older than the retention, in batches.
+async fn forget_old_claims(engine: &Engine, config: &SweeperConfig) {
+    loop {
+        match engine
+            .forget_claims(config.claim_retention, config.batch)
+            .await
+        {
+            Ok(0) => return,
+            Ok(n) => {
+                tracing::info!(count = n, "forgot claims past their retention");
+                if (n as i64) < config.batch {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "forgetting old claims failed, will retry");
+                return;
             }
         }
     }

@@ -504,3 +504,58 @@ async fn claim_reads_the_free_index_right_after_a_restock() {
         "the claim sorts the pool instead of reading units_free:\n{plan}"
     );
 }
+
+both_backends!(
+    claims_are_forgotten_after_their_retention,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 3).await;
+        engine
+            .reserve("kept", "pizza", LONG)
+            .await
+            .expect("reserve");
+        engine
+            .reserve("gone", "pizza", LONG)
+            .await
+            .expect("reserve");
+        engine.release("gone").await.expect("release");
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM claims")
+                .fetch_one(engine.db().pool())
+                .await
+                .expect("count claims")
+        };
+        assert_eq!(count().await, 2);
+        // Nothing is as old as an hour.
+        let forgotten = engine
+            .forget_claims(Duration::from_secs(3600), 100)
+            .await
+            .expect("forget");
+        assert_eq!(forgotten, 0);
+        // With no retention both go, in batches of one.
+        let mut forgotten = 0;
+        for _ in 0..3 {
+            forgotten += engine
+                .forget_claims(Duration::ZERO, 1)
+                .await
+                .expect("forget");
+        }
+        assert_eq!(forgotten, 2);
+        assert_eq!(count().await, 0);
+        // The held unit is untouched: forgetting a claim frees nothing.
+        let again = engine
+            .reserve("kept", "pizza", LONG)
+            .await
+            .expect("reserve");
+        assert!(again.expires_at_ms.is_some(), "still the same reservation");
+        assert_eq!(
+            engine
+                .pool_info("pizza")
+                .await
+                .expect("info")
+                .counts
+                .reserved,
+            1
+        );
+    }
+);

@@ -16,8 +16,10 @@
 //! saga to `Compensating`, which releases **both** sides (release is idempotent and leaves a
 //! tombstone, so it is also correct for a side whose reserve never answered), then `NotPlaced`.
 
+pub mod auth;
 pub mod contract;
 
+pub use auth::BearerToken;
 pub use contract::{
     Call, ClientRetry, ERROR_DOMAIN, Refusal, Verdict, busy, classify, classify_code,
     client_may_retry, client_retry, retry_hint,

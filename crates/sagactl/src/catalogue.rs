@@ -19,7 +19,10 @@ use crate::client::{Urls, connect, status_error, table};
 
 /// Adds a food to the catalogue.
 pub async fn create_food(urls: &Urls, food_id: String, name: String) -> anyhow::Result<()> {
-    let mut client = StoreAdminServiceClient::new(connect(&urls.store).await?);
+    let mut client = StoreAdminServiceClient::with_interceptor(
+        connect(&urls.store).await?,
+        urls.admin_credential()?,
+    );
     let food = client
         .create_food(CreateFoodRequest { food_id, name })
         .await
@@ -31,7 +34,10 @@ pub async fn create_food(urls: &Urls, food_id: String, name: String) -> anyhow::
 
 /// Adds packets to a food.
 pub async fn restock(urls: &Urls, food_id: String, count: i64) -> anyhow::Result<()> {
-    let mut client = StoreAdminServiceClient::new(connect(&urls.store).await?);
+    let mut client = StoreAdminServiceClient::with_interceptor(
+        connect(&urls.store).await?,
+        urls.admin_credential()?,
+    );
     let f = client
         .restock(RestockRequest { food_id, count })
         .await
@@ -46,7 +52,10 @@ pub async fn restock(urls: &Urls, food_id: String, count: i64) -> anyhow::Result
 
 /// Adds agents to a zone (created if new).
 pub async fn add_agents(urls: &Urls, zone: String, count: i64) -> anyhow::Result<()> {
-    let mut client = DeliveryAdminServiceClient::new(connect(&urls.delivery).await?);
+    let mut client = DeliveryAdminServiceClient::with_interceptor(
+        connect(&urls.delivery).await?,
+        urls.admin_credential()?,
+    );
     let z = client
         .add_agents(AddAgentsRequest { zone, count })
         .await
@@ -61,7 +70,10 @@ pub async fn add_agents(urls: &Urls, zone: String, count: i64) -> anyhow::Result
 
 /// Marks an agent's delivery done.
 pub async fn complete(urls: &Urls, agent_id: String) -> anyhow::Result<()> {
-    let mut client = DeliveryAdminServiceClient::new(connect(&urls.delivery).await?);
+    let mut client = DeliveryAdminServiceClient::with_interceptor(
+        connect(&urls.delivery).await?,
+        urls.admin_credential()?,
+    );
     let done = client
         .complete_delivery(CompleteDeliveryRequest { agent_id })
         .await
@@ -149,7 +161,7 @@ pub async fn seed(urls: &Urls) -> anyhow::Result<()> {
         println!("store already has {} food(s); not seeding", foods.len());
         return Ok(());
     }
-    let mut admin = StoreAdminServiceClient::new(channel);
+    let mut admin = StoreAdminServiceClient::with_interceptor(channel, urls.admin_credential()?);
     for (id, name, count) in DEMO_FOODS {
         admin
             .create_food(CreateFoodRequest {
@@ -166,7 +178,10 @@ pub async fn seed(urls: &Urls) -> anyhow::Result<()> {
             .await
             .map_err(status_error)?;
     }
-    let mut delivery = DeliveryAdminServiceClient::new(connect(&urls.delivery).await?);
+    let mut delivery = DeliveryAdminServiceClient::with_interceptor(
+        connect(&urls.delivery).await?,
+        urls.admin_credential()?,
+    );
     for (zone, count) in DEMO_ZONES {
         delivery
             .add_agents(AddAgentsRequest {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use order_saga_proto::order::v1::{NotPlacedReason, Order, OrderState};
-use order_saga_saga::{ClientRetry, client_retry};
+use order_saga_saga::{BearerToken, ClientRetry, client_retry};
 use tokio::time::Instant;
 use tonic::{Status, transport::Channel};
 
@@ -36,6 +36,32 @@ pub struct Urls {
         default_value = "http://127.0.0.1:50053"
     )]
     pub delivery: String,
+    /// Bearer token for the admin commands (default: the contents of `data/admin.token`,
+    /// which `make run` writes).
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+/// Where `make run` leaves the admin token of the local cluster.
+const LOCAL_TOKEN_FILE: &str = "data/admin.token";
+
+impl Urls {
+    /// The credential admin commands send: `--admin-token`, else `data/admin.token` if it
+    /// exists, else none (the servers will answer `UNAUTHENTICATED`).
+    pub fn admin_credential(&self) -> anyhow::Result<BearerToken> {
+        let token = match &self.admin_token {
+            Some(t) => Some(t.trim().to_owned()),
+            None => std::fs::read_to_string(LOCAL_TOKEN_FILE)
+                .ok()
+                .map(|t| t.trim().to_owned()),
+        };
+        BearerToken::new(token.as_deref()).map_err(anyhow::Error::msg)
+    }
 }
 
 pub fn humantime_duration(s: &str) -> Result<Duration, String> {

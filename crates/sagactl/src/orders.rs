@@ -117,7 +117,10 @@ pub async fn list_orders(
 
 /// Unfinished sagas with their step, attempts, last error, lease and epoch.
 pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(connect(&urls.order).await?);
+    let mut client = OrderAdminServiceClient::with_interceptor(
+        connect(&urls.order).await?,
+        urls.admin_credential()?,
+    );
     let sagas = client
         .list_stuck_orders(ListStuckOrdersRequest { limit })
         .await
@@ -152,7 +155,10 @@ pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
 
 /// Drives one unfinished saga now.
 pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(connect(&urls.order).await?);
+    let mut client = OrderAdminServiceClient::with_interceptor(
+        connect(&urls.order).await?,
+        urls.admin_credential()?,
+    );
     let order = client
         .redrive_order(RedriveOrderRequest { order_id })
         .await
@@ -164,7 +170,10 @@ pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Gives up on one unfinished order: NOT_PLACED, both sides released.
 pub async fn force_fail(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(connect(&urls.order).await?);
+    let mut client = OrderAdminServiceClient::with_interceptor(
+        connect(&urls.order).await?,
+        urls.admin_credential()?,
+    );
     let order = client
         .force_fail_order(ForceFailOrderRequest { order_id })
         .await

@@ -22,8 +22,9 @@ use order_saga_proto::{
         CreateFoodRequest, RestockRequest, store_admin_service_client::StoreAdminServiceClient,
     },
 };
+use order_saga_saga::BearerToken;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
     invariants::{DbUrls, Stock},
@@ -316,6 +317,8 @@ pub struct ProcCluster {
     stock: Stock,
     /// Where process logs go.
     pub log_dir: PathBuf,
+    /// The operator token every process of this cluster accepts (random per cluster).
+    admin: BearerToken,
 }
 
 impl ProcCluster {
@@ -340,11 +343,16 @@ impl ProcCluster {
         let store_addr: SocketAddr = ([127, 0, 0, 1], store_port).into();
         let delivery_addr: SocketAddr = ([127, 0, 0, 1], delivery_port).into();
 
+        let admin_token = format!("op-{}", uuid::Uuid::new_v4().simple());
         let common = |name: &str| {
             BTreeMap::from([
                 ("RUST_LOG".to_owned(), "info,sqlx=warn".to_owned()),
                 ("NO_COLOR".to_owned(), "1".to_owned()),
                 ("OTEL_SERVICE_NAME".to_owned(), name.to_owned()),
+                (
+                    format!("{}_ADMIN_TOKEN", name.to_uppercase()),
+                    admin_token.clone(),
+                ),
             ])
         };
         let participant = |name: &str, prefix: &str, port: u16| {
@@ -434,6 +442,7 @@ impl ProcCluster {
             links,
             stock: Stock::new(),
             log_dir,
+            admin: BearerToken::new(Some(&admin_token)).map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -466,8 +475,16 @@ impl ProcCluster {
     pub async fn order_admin_client(
         &self,
         i: usize,
-    ) -> anyhow::Result<OrderAdminServiceClient<Channel>> {
-        Ok(OrderAdminServiceClient::new(self.order_channel(i)?))
+    ) -> anyhow::Result<OrderAdminServiceClient<InterceptedService<Channel, BearerToken>>> {
+        Ok(OrderAdminServiceClient::with_interceptor(
+            self.order_channel(i)?,
+            self.admin.clone(),
+        ))
+    }
+
+    /// The operator's credential for this cluster's admin services.
+    pub fn admin_credential(&self) -> BearerToken {
+        self.admin.clone()
     }
 
     /// Restarts order instance `i` (a crash, `SIGKILL`) configured with `instance_id` as its
@@ -481,7 +498,10 @@ impl ProcCluster {
 
     /// Creates a food with `packets` packets (straight to the store, not through a proxy).
     pub async fn add_food(&mut self, food: &str, packets: i64) -> anyhow::Result<()> {
-        let mut admin = StoreAdminServiceClient::connect(self.store.url.clone()).await?;
+        let channel = Channel::from_shared(self.store.url.clone())?
+            .connect()
+            .await?;
+        let mut admin = StoreAdminServiceClient::with_interceptor(channel, self.admin.clone());
         admin
             .create_food(CreateFoodRequest {
                 food_id: food.into(),
@@ -494,7 +514,10 @@ impl ProcCluster {
 
     /// Adds packets to a food, in calls of at most the engine's limit.
     pub async fn restock(&mut self, food: &str, packets: i64) -> anyhow::Result<()> {
-        let mut admin = StoreAdminServiceClient::connect(self.store.url.clone()).await?;
+        let channel = Channel::from_shared(self.store.url.clone())?
+            .connect()
+            .await?;
+        let mut admin = StoreAdminServiceClient::with_interceptor(channel, self.admin.clone());
         for count in batches(packets) {
             let request = RestockRequest {
                 food_id: food.into(),
@@ -508,7 +531,10 @@ impl ProcCluster {
 
     /// Adds agents to a zone, in calls of at most the engine's limit.
     pub async fn add_agents(&mut self, zone: &str, agents: i64) -> anyhow::Result<()> {
-        let mut admin = DeliveryAdminServiceClient::connect(self.delivery.url.clone()).await?;
+        let channel = Channel::from_shared(self.delivery.url.clone())?
+            .connect()
+            .await?;
+        let mut admin = DeliveryAdminServiceClient::with_interceptor(channel, self.admin.clone());
         for count in batches(agents) {
             let request = AddAgentsRequest {
                 zone: zone.into(),

@@ -14,6 +14,7 @@ use order_saga_proto::delivery::v1::{
 use order_saga_reservation::{
     Engine, EngineError, PoolInfo,
     app::{Participant, ParticipantSettings},
+    check_unit_count,
     grpc::MAX_ID_LEN,
 };
 use order_saga_saga::Refusal;
@@ -101,6 +102,8 @@ impl DeliveryAdminService for DeliveryApi {
     ) -> Result<Response<Zone>, Status> {
         let req = request.into_inner();
         check("zone", &req.zone)?;
+        // Validate the count before creating the zone, so a refused call leaves nothing behind.
+        check_unit_count(req.count).map_err(status)?;
         self.engine
             .ensure_pool(&req.zone, &req.zone)
             .await

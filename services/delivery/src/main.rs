@@ -17,6 +17,6 @@ async fn main() -> anyhow::Result<()> {
     );
     let _telemetry = init_telemetry("delivery", &TelemetryConfig::from_env())?;
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    let app = delivery_service::build(listener, args.settings()).await?;
+    let app = delivery_service::build(listener, args.settings()?).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use order_saga_platform::{
-    admission::AdmissionConfig, db::DbOptions, parse_duration, server::ServerLimits,
+    admission::AdmissionConfig, auth::AdminTokens, db::DbOptions, parse_duration,
+    server::ServerLimits,
 };
 
 use crate::{orchestrator::SagaConfig, recovery::RecoveryConfig};
@@ -79,6 +80,13 @@ pub struct OrderArgs {
     /// Sagas this instance drives at once (requests, operator actions and recovery).
     #[arg(long, env = "ORDER_MAX_SAGAS", default_value_t = 256)]
     pub max_sagas: usize,
+    /// Bearer token of the operator role on the admin API (at least 16 characters). Without
+    /// any token the admin API refuses every call.
+    #[arg(long, env = "ORDER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token of the viewer role: the admin API's read-only methods only.
+    #[arg(long, env = "ORDER_VIEWER_TOKEN", hide_env_values = true)]
+    pub viewer_token: Option<String>,
 }
 
 /// Everything the order service needs besides its listener (tests build this directly).
@@ -140,8 +148,8 @@ impl OrderSettings {
 }
 
 impl OrderArgs {
-    /// The settings these flags describe.
-    pub fn settings(&self) -> OrderSettings {
+    /// The settings these flags describe; fails on a token too weak to accept.
+    pub fn settings(&self) -> anyhow::Result<OrderSettings> {
         let mut s = OrderSettings::new(&self.database_url, &self.store_url, &self.delivery_url);
         s.db.max_connections = self.db_max_connections;
         s.db.acquire_timeout = self.db_acquire_timeout;
@@ -162,7 +170,12 @@ impl OrderArgs {
                 queue_wait: self.queue_wait,
                 retry_after: self.retry_after,
             },
+            admin_tokens: AdminTokens::new(
+                self.admin_token.as_deref(),
+                self.viewer_token.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
         };
-        s
+        Ok(s)
     }
 }

@@ -1,10 +1,14 @@
 //! Conversions between the order domain types and `order.v1`'s prost types, at the gRPC edge.
 
+use order_saga_platform::validate_id;
 use order_saga_proto::order::v1::{self as pb, NotPlacedReason, SagaInfo};
 use order_saga_saga::Reason;
 use tonic::Status;
 
-use crate::repo::{OrderRecord, OrderState};
+use crate::{
+    grpc::MAX_ID_LEN,
+    repo::{OrderRecord, OrderState},
+};
 
 fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
@@ -90,14 +94,23 @@ pub fn page_token(r: &OrderRecord) -> String {
     format!("{}.{}", r.created_at, r.order_id)
 }
 
-/// Parses [`page_token`]; empty means the first page.
+/// The longest page token [`page_token`] issues: a timestamp, a dot and an order id.
+const MAX_PAGE_TOKEN_LEN: usize = 20 + 1 + MAX_ID_LEN;
+
+/// Parses [`page_token`]; empty means the first page. Anything longer than a token this server
+/// issues, or whose order id is not an id, is refused before it reaches the database.
 pub fn parse_page_token(token: &str) -> Result<Option<(i64, String)>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
     let bad = || Status::invalid_argument("page_token is not one this server issued");
+    if token.len() > MAX_PAGE_TOKEN_LEN {
+        return Err(bad());
+    }
     let (at, id) = token.split_once('.').ok_or_else(bad)?;
-    Ok(Some((at.parse().map_err(|_| bad())?, id.to_owned())))
+    let at = at.parse().map_err(|_| bad())?;
+    validate_id("page_token", id, MAX_ID_LEN).map_err(|_| bad())?;
+    Ok(Some((at, id.to_owned())))
 }
 
 #[cfg(test)]
@@ -112,5 +125,7 @@ mod tests {
             Some(Some((12, "ord-1".to_owned())))
         );
         assert!(parse_page_token("nope").is_err());
+        assert!(parse_page_token(&format!("12.{}", "x".repeat(10_000))).is_err());
+        assert!(parse_page_token("12.ord\n1").is_err());
     }
 }

@@ -13,6 +13,6 @@ async fn main() -> anyhow::Result<()> {
     let args = OrderArgs::parse();
     let _telemetry = init_telemetry("order", &TelemetryConfig::from_env())?;
     let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    let app = OrderApp::build(listener, args.settings()).await?;
+    let app = OrderApp::build(listener, args.settings()?).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

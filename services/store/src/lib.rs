@@ -4,7 +4,7 @@
 //! `reservation.v1.ReservationService` (from the engine crate) plus the store's own catalogue
 //! (`store.v1.StoreService`) and administration (`store.v1.StoreAdminService`).
 
-use order_saga_platform::validate_id;
+use order_saga_platform::{validate_id, validate_name};
 use order_saga_proto::store::v1::{
     CreateFoodRequest, Food, GetFoodRequest, ListFoodsRequest, ListFoodsResponse, RestockRequest,
     store_admin_service_server::{StoreAdminService, StoreAdminServiceServer},
@@ -108,12 +108,8 @@ impl StoreAdminService for StoreApi {
     ) -> Result<Response<Food>, Status> {
         let req = request.into_inner();
         check_food_id(&req.food_id)?;
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-            return Err(Status::invalid_argument(format!(
-                "name must be 1 to {MAX_NAME_LEN} characters"
-            )));
-        }
+        let name =
+            validate_name("name", &req.name, MAX_NAME_LEN).map_err(Status::invalid_argument)?;
         let info = self
             .engine
             .create_pool(&req.food_id, name)

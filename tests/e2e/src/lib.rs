@@ -6,6 +6,7 @@ use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use order_saga_platform::{
     admission::AdmissionConfig,
+    auth::AdminTokens,
     db::{Db, DbOptions},
     testing::{TestBackend, fresh_database_url},
 };
@@ -22,13 +23,32 @@ use order_saga_proto::{
     },
 };
 use order_saga_reservation::app::ParticipantSettings;
+use order_saga_saga::BearerToken;
 pub use order_saga_testkit::invariants::DbUrls;
 use order_saga_testkit::invariants::{self, Stock};
 use order_service::OrderSettings;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::{codegen::InterceptedService, transport::Channel};
 
 pub use order_saga_platform::testing::TestBackend as Backend;
+
+/// The operator token every test cluster accepts on its admin services (a test fixture, not a
+/// secret: test clusters listen on 127.0.0.1 only and live as long as one test).
+pub const OPERATOR_TOKEN: &str = "e2e-operator-token-0123456789";
+/// The viewer token every test cluster accepts.
+pub const VIEWER_TOKEN: &str = "e2e-viewer-token-0123456789";
+
+/// A channel that sends the operator's bearer token.
+pub type AdminChannel = InterceptedService<Channel, BearerToken>;
+
+fn admin_tokens() -> AdminTokens {
+    AdminTokens::new(Some(OPERATOR_TOKEN), Some(VIEWER_TOKEN)).expect("test tokens")
+}
+
+/// The operator's credential.
+pub fn operator() -> BearerToken {
+    BearerToken::new(Some(OPERATOR_TOKEN)).expect("test token")
+}
 
 /// Pool size of each service in a test cluster: tests run in parallel against one PostgreSQL
 /// server, whose default limit is 100 connections.
@@ -131,6 +151,7 @@ impl Cluster {
             s.sweeper.interval = options.sweep_interval;
             s.db.max_connections = TEST_POOL_SIZE;
             s.limits.admission = options.participant_admission.clone();
+            s.limits.admin_tokens = admin_tokens();
             s
         };
         let store = store_service::build(bind().await, participant(&urls.store))
@@ -158,6 +179,7 @@ impl Cluster {
         settings.saga.lease = options.lease;
         settings.saga.max_sagas = options.max_sagas;
         settings.limits.admission = options.order_admission.clone();
+        settings.limits.admin_tokens = admin_tokens();
         settings.recovery.interval = options.recovery_interval;
         settings.db.max_connections = TEST_POOL_SIZE;
         let order = order_service::OrderApp::build(bind().await, settings)
@@ -197,9 +219,19 @@ impl Cluster {
         OrderServiceClient::new(channel(self.order_addr).await)
     }
 
-    /// An order admin client.
-    pub async fn order_admin(&self) -> OrderAdminServiceClient<Channel> {
-        OrderAdminServiceClient::new(channel(self.order_addr).await)
+    /// An order admin client with the operator's token.
+    pub async fn order_admin(&self) -> OrderAdminServiceClient<AdminChannel> {
+        OrderAdminServiceClient::with_interceptor(channel(self.order_addr).await, operator())
+    }
+
+    /// A store admin client with the operator's token.
+    pub async fn store_admin(&self) -> StoreAdminServiceClient<AdminChannel> {
+        StoreAdminServiceClient::with_interceptor(channel(self.store_addr).await, operator())
+    }
+
+    /// A delivery admin client with the operator's token.
+    pub async fn delivery_admin(&self) -> DeliveryAdminServiceClient<AdminChannel> {
+        DeliveryAdminServiceClient::with_interceptor(channel(self.delivery_addr).await, operator())
     }
 
     /// A store catalogue client.
@@ -219,7 +251,7 @@ impl Cluster {
 
     /// Creates a food with `packets` packets.
     pub async fn add_food(&self, food_id: &str, packets: i64) {
-        let mut admin = StoreAdminServiceClient::new(channel(self.store_addr).await);
+        let mut admin = self.store_admin().await;
         admin
             .create_food(CreateFoodRequest {
                 food_id: food_id.into(),
@@ -244,7 +276,7 @@ impl Cluster {
 
     /// Adds `agents` agents to a zone.
     pub async fn add_agents(&self, zone: &str, agents: i64) {
-        let mut admin = DeliveryAdminServiceClient::new(channel(self.delivery_addr).await);
+        let mut admin = self.delivery_admin().await;
         admin
             .add_agents(AddAgentsRequest {
                 zone: zone.into(),

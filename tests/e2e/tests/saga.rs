@@ -548,3 +548,50 @@ both_backends!(
         cluster.stop().await;
     }
 );
+
+both_backends!(
+    admin_input_is_checked_before_anything_is_stored,
+    |backend| async move {
+        use order_saga_proto::{
+            delivery::v1::{
+                AddAgentsRequest, GetZoneRequest, delivery_service_client::DeliveryServiceClient,
+            },
+            store::v1::CreateFoodRequest,
+        };
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        let mut store_admin = cluster.store_admin().await;
+        for name in ["Pizza\nINFO forged log line", "Pizza\u{1b}[2J", "Pizza\0"] {
+            let err = store_admin
+                .create_food(CreateFoodRequest {
+                    food_id: "pizza".into(),
+                    name: name.into(),
+                })
+                .await
+                .expect_err("control characters in a name");
+            assert_eq!(err.code(), Code::InvalidArgument, "{name:?}");
+            assert!(err.message().contains("control"), "{}", err.message());
+        }
+        // A refused count must not leave an empty zone behind.
+        let mut delivery_admin = cluster.delivery_admin().await;
+        for count in [0, -1, 10_001] {
+            let err = delivery_admin
+                .add_agents(AddAgentsRequest {
+                    zone: "atlantis".into(),
+                    count,
+                })
+                .await
+                .expect_err("bad count");
+            assert_eq!(err.code(), Code::InvalidArgument, "count {count}");
+        }
+        let err = DeliveryServiceClient::connect(format!("http://{}", cluster.delivery_addr))
+            .await
+            .expect("connect")
+            .get_zone(GetZoneRequest {
+                zone: "atlantis".into(),
+            })
+            .await
+            .expect_err("the zone was never created");
+        assert_eq!(err.code(), Code::NotFound);
+        cluster.stop().await;
+    }
+);

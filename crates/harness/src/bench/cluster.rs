@@ -55,6 +55,8 @@ pub struct BenchCluster {
     pub services: Vec<Service>,
     /// Their databases.
     pub urls: DbUrls,
+    /// The operator token the three services accept (random per run).
+    pub admin_token: String,
 }
 
 /// Sizes of the three connection pools (PostgreSQL's `max_connections` is 100 by default;
@@ -102,9 +104,13 @@ impl BenchCluster {
                 .map_or(16, |(_, size)| *size)
                 .to_string()
         };
+        let admin_token = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let common = BTreeMap::from([
             ("RUST_LOG".to_owned(), "warn".to_owned()),
             ("NO_COLOR".to_owned(), "1".to_owned()),
+            ("ORDER_ADMIN_TOKEN".to_owned(), admin_token.clone()),
+            ("STORE_ADMIN_TOKEN".to_owned(), admin_token.clone()),
+            ("DELIVERY_ADMIN_TOKEN".to_owned(), admin_token.clone()),
         ]);
         let mut specs: Vec<(&'static str, BTreeMap<String, String>, String)> = Vec::new();
         for (i, (name, prefix, db)) in [
@@ -153,7 +159,11 @@ impl BenchCluster {
             services.push(Service { name, url, child });
         }
         services.rotate_right(1); // order first
-        Ok(Self { services, urls })
+        Ok(Self {
+            services,
+            urls,
+            admin_token,
+        })
     }
 
     /// The URL of service `name`.

@@ -22,6 +22,7 @@ use order_saga_proto::{
         CreateFoodRequest, RestockRequest, store_admin_service_client::StoreAdminServiceClient,
     },
 };
+use order_saga_saga::BearerToken;
 use order_saga_testkit::{
     invariants::{self, DbUrls, Stock},
     procs::batches,
@@ -86,6 +87,10 @@ pub struct BenchArgs {
     /// Delivery URL of a running cluster (with --target).
     #[arg(long, default_value = "http://127.0.0.1:50053")]
     pub delivery_url: String,
+    /// The operator token of the running cluster (with --target; the admin API refuses the
+    /// bench's stocking and statistics calls without it).
+    #[arg(long, env = "SAGACTL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Render report.html to report.png with headless Chromium.
     #[arg(long)]
     pub screenshot: bool,
@@ -113,14 +118,17 @@ fn stock_per_pool(args: &BenchArgs, pools: usize) -> i64 {
 
 /// Creates the foods and zones with `per_pool` units each.
 async fn stock(
+    admin: &BearerToken,
     store_url: &str,
     delivery_url: &str,
     foods: &[String],
     zones: &[String],
     per_pool: i64,
 ) -> anyhow::Result<Stock> {
-    let mut store = StoreAdminServiceClient::new(channel(store_url).await?);
-    let mut delivery = DeliveryAdminServiceClient::new(channel(delivery_url).await?);
+    let mut store =
+        StoreAdminServiceClient::with_interceptor(channel(store_url).await?, admin.clone());
+    let mut delivery =
+        DeliveryAdminServiceClient::with_interceptor(channel(delivery_url).await?, admin.clone());
     let mut stock = Stock::new();
     for food in foods {
         let created = store
@@ -159,8 +167,12 @@ async fn stock(
 }
 
 /// Every step's histogram on the order service now.
-async fn step_histograms(order_url: &str) -> anyhow::Result<Vec<(String, Histogram<u64>)>> {
-    let mut admin = OrderAdminServiceClient::new(channel(order_url).await?);
+async fn step_histograms(
+    admin: &BearerToken,
+    order_url: &str,
+) -> anyhow::Result<Vec<(String, Histogram<u64>)>> {
+    let mut admin =
+        OrderAdminServiceClient::with_interceptor(channel(order_url).await?, admin.clone());
     let steps = admin
         .get_saga_stats(GetSagaStatsRequest {})
         .await?
@@ -282,7 +294,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         foods.len(),
         zones.len()
     );
-    let stock = stock(&store_url, &delivery_url, &foods, &zones, per_pool).await?;
+    let admin = BearerToken::new(match &cluster {
+        Some(c) => Some(c.admin_token.as_str()),
+        None => args.admin_token.as_deref(),
+    })
+    .map_err(anyhow::Error::msg)?;
+    let stock = stock(&admin, &store_url, &delivery_url, &foods, &zones, per_pool).await?;
 
     let connections = (args.clients as usize).clamp(1, 16);
     let mut channels = Vec::new();
@@ -329,7 +346,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let cpu_before = cpu(&pids);
     let pg_cpu_before = usage::cpu_seconds_of_all("postgres");
     let me_before = usage::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let steps_before = step_histograms(&order_url).await?;
+    let steps_before = step_histograms(&admin, &order_url).await?;
 
     let bar = ProgressBar::new(args.duration.as_secs());
     bar.set_style(
@@ -355,7 +372,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let cpu_after = cpu(&pids);
     let pg_cpu = usage::cpu_seconds_of_all("postgres") - pg_cpu_before;
     let me_cpu = usage::cpu_seconds(std::process::id()).unwrap_or(0.0) - me_before;
-    let steps_after = step_histograms(&order_url).await?;
+    let steps_after = step_histograms(&admin, &order_url).await?;
     eprintln!("bench: waiting for the orders in flight");
     load.await?;
 

@@ -1,0 +1,308 @@
+//! Admin authentication: bearer tokens, each with a role, checked by one tower layer in front of
+//! every admin service of a server.
+//!
+//! A request to a service whose name ends in `AdminService` must carry
+//! `authorization: Bearer <token>`:
+//! - no token, a malformed header, or a token the server does not know: `UNAUTHENTICATED`;
+//! - a **viewer** token on a method that changes something: `PERMISSION_DENIED`. Viewers may call
+//!   the read-only methods (`List*`, `Get*`); **operators** may call every admin method.
+//!
+//! A server configured with no token refuses every admin call: there is no default credential.
+//! Tokens are kept only as SHA-256 digests and compared digest to digest. Every other service
+//! (the public APIs, health, reflection) passes through untouched. Clients send their token with
+//! [`order_saga_saga::BearerToken`].
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// Shortest token a server accepts in its configuration: guessing must be hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// What a token may do on the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every admin method.
+    Operator,
+    /// Only the read-only admin methods (`List*`, `Get*`).
+    Viewer,
+}
+
+/// The admin tokens a server accepts.
+#[derive(Clone, Default)]
+pub struct AdminTokens {
+    digests: Vec<([u8; 32], Role)>,
+}
+
+impl std::fmt::Debug for AdminTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a credential, not even its digest.
+        f.debug_struct("AdminTokens")
+            .field("tokens", &self.digests.len())
+            .finish()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl AdminTokens {
+    /// Tokens for the operator and viewer roles; either may be absent. Refuses a token shorter
+    /// than [`MIN_TOKEN_LEN`] or with characters a header cannot carry.
+    pub fn new(operator: Option<&str>, viewer: Option<&str>) -> Result<Self, String> {
+        let mut tokens = Self::default();
+        for (token, role, name) in [
+            (operator, Role::Operator, "admin token"),
+            (viewer, Role::Viewer, "viewer token"),
+        ] {
+            let Some(token) = token.filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(format!(
+                    "the {name} must be at least {MIN_TOKEN_LEN} characters"
+                ));
+            }
+            if !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(format!(
+                    "the {name} may contain only printable ASCII without spaces"
+                ));
+            }
+            tokens.digests.push((digest(token), role));
+        }
+        Ok(tokens)
+    }
+
+    /// True when no token is configured: every admin call is refused.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    fn role_of(&self, token: &str) -> Option<Role> {
+        let presented = digest(token);
+        self.digests
+            .iter()
+            .find(|(d, _)| *d == presented)
+            .map(|(_, role)| *role)
+    }
+
+    /// The verdict on a request to `path` with this `authorization` header value.
+    pub fn check(&self, path: &str, authorization: Option<&str>) -> Result<(), Status> {
+        let Some(method) = admin_method(path) else {
+            return Ok(());
+        };
+        if self.is_empty() {
+            return Err(Status::unauthenticated(
+                "the admin API is closed: this server has no admin token configured",
+            ));
+        }
+        let Some(header) = authorization else {
+            return Err(Status::unauthenticated(
+                "admin methods need an `authorization: Bearer <token>` header",
+            ));
+        };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header is not `Bearer <token>`")
+            })?;
+        match self.role_of(token) {
+            None => Err(Status::unauthenticated("invalid admin token")),
+            Some(Role::Operator) => Ok(()),
+            Some(Role::Viewer) if is_read_only(method) => Ok(()),
+            Some(Role::Viewer) => Err(Status::permission_denied(format!(
+                "{method} needs the operator role; this token is a viewer's"
+            ))),
+        }
+    }
+}
+
+/// The method name when `path` (`/<package>.<Service>/<Method>`) is an admin service's.
+fn admin_method(path: &str) -> Option<&str> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    service.ends_with("AdminService").then_some(method)
+}
+
+fn is_read_only(method: &str) -> bool {
+    method.starts_with("List") || method.starts_with("Get")
+}
+
+/// Checks admin tokens in front of a server's routes.
+#[derive(Debug, Clone)]
+pub struct AdminAuthLayer {
+    tokens: Arc<AdminTokens>,
+}
+
+impl AdminAuthLayer {
+    /// A layer accepting `tokens`.
+    pub fn new(tokens: AdminTokens) -> Self {
+        Self {
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+impl<S> Layer<S> for AdminAuthLayer {
+    type Service = AdminAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdminAuth {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+/// The service [`AdminAuthLayer`] wraps around a server's routes.
+#[derive(Debug, Clone)]
+pub struct AdminAuth<S> {
+    inner: S,
+    tokens: Arc<AdminTokens>,
+}
+
+impl<S, B> Service<http::Request<B>> for AdminAuth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or_default());
+        match self.tokens.check(request.uri().path(), authorization) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(status) => {
+                tracing::warn!(
+                    path = request.uri().path(),
+                    code = ?status.code(),
+                    "admin call refused"
+                );
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    const OPERATOR: &str = "operator-token-0123456789";
+    const VIEWER: &str = "viewer-token-0123456789";
+
+    fn tokens() -> AdminTokens {
+        AdminTokens::new(Some(OPERATOR), Some(VIEWER)).expect("tokens")
+    }
+
+    fn code(r: Result<(), Status>) -> Option<Code> {
+        r.err().map(|s| s.code())
+    }
+
+    #[test]
+    fn public_health_and_reflection_need_no_token() {
+        let t = AdminTokens::default();
+        for path in [
+            "/order.v1.OrderService/PlaceOrder",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/reservation.v1.ReservationService/Reserve",
+        ] {
+            assert_eq!(code(t.check(path, None)), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn admin_calls_need_a_known_token_and_the_right_role() {
+        let t = tokens();
+        let force = "/order.v1.OrderAdminService/ForceFailOrder";
+        let list = "/order.v1.OrderAdminService/ListOrders";
+        let bearer = |s: &str| format!("Bearer {s}");
+        assert_eq!(code(t.check(force, None)), Some(Code::Unauthenticated));
+        assert_eq!(
+            code(t.check(force, Some(OPERATOR))),
+            Some(Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(t.check(force, Some(&bearer("operator-token-wrong-guess")))),
+            Some(Code::Unauthenticated)
+        );
+        assert_eq!(code(t.check(force, Some(&bearer(OPERATOR)))), None);
+        assert_eq!(code(t.check(list, Some(&bearer(VIEWER)))), None);
+        assert_eq!(
+            code(t.check(force, Some(&bearer(VIEWER)))),
+            Some(Code::PermissionDenied)
+        );
+        assert_eq!(
+            code(t.check("/store.v1.StoreAdminService/Restock", Some(&bearer(VIEWER)))),
+            Some(Code::PermissionDenied)
+        );
+    }
+
+    #[test]
+    fn a_server_without_tokens_refuses_every_admin_call() {
+        let t = AdminTokens::new(None, Some("")).expect("no tokens");
+        assert!(t.is_empty());
+        let refused = t
+            .check(
+                "/order.v1.OrderAdminService/ListOrders",
+                Some("Bearer anything-at-all-here"),
+            )
+            .expect_err("closed");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("no admin token"));
+    }
+
+    #[test]
+    fn weak_or_unprintable_tokens_are_refused_in_configuration() {
+        assert!(AdminTokens::new(Some("short"), None).is_err());
+        assert!(AdminTokens::new(Some("has a space in it, sadly"), None).is_err());
+        assert!(AdminTokens::new(None, Some("tab\tinside-the-token")).is_err());
+    }
+
+    #[test]
+    fn the_interceptor_sends_the_header_the_layer_reads() {
+        use tonic::service::Interceptor;
+        let mut interceptor = order_saga_saga::BearerToken::new(Some(OPERATOR)).expect("token");
+        let request = interceptor
+            .call(tonic::Request::new(()))
+            .expect("intercept");
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(
+            code(tokens().check(
+                "/order.v1.OrderAdminService/RedriveOrder",
+                header.as_deref()
+            )),
+            None
+        );
+        let debug = format!("{interceptor:?} {:?}", tokens());
+        assert!(
+            !debug.contains(OPERATOR) && !debug.contains(VIEWER),
+            "{debug}"
+        );
+    }
+}

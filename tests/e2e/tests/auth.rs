@@ -1,0 +1,192 @@
+//! The admin APIs are closed to callers without the right token, end to end on a live cluster:
+//! no token and a wrong token are `UNAUTHENTICATED`, a viewer's token on a method that changes
+//! something is `PERMISSION_DENIED`, and the public APIs need no token. Authentication does not
+//! touch the databases, so one backend (SQLite) is enough here.
+
+use order_saga_e2e::{Cluster, ClusterOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
+use order_saga_platform::testing::TestBackend;
+use order_saga_proto::{
+    delivery::v1::{
+        AddAgentsRequest, CompleteDeliveryRequest, ListZonesRequest,
+        delivery_admin_service_client::DeliveryAdminServiceClient,
+        delivery_service_client::DeliveryServiceClient,
+    },
+    order::v1::{
+        ForceFailOrderRequest, GetSagaStatsRequest, ListStuckOrdersRequest, RedriveOrderRequest,
+        order_admin_service_client::OrderAdminServiceClient,
+    },
+    store::v1::{
+        CreateFoodRequest, ListFoodsRequest, RestockRequest,
+        store_admin_service_client::StoreAdminServiceClient,
+        store_service_client::StoreServiceClient,
+    },
+};
+use order_saga_saga::BearerToken;
+use tonic::{Code, Status, codegen::InterceptedService, transport::Channel};
+
+type Creds = InterceptedService<Channel, BearerToken>;
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn creds(token: Option<&str>) -> BearerToken {
+    BearerToken::new(token).expect("token")
+}
+
+/// The credentials every refusal test tries, with the code each must get on a method that
+/// changes something, and on a read-only one.
+const CALLERS: [(&str, Option<&str>, Code, Code); 4] = [
+    (
+        "no token",
+        None,
+        Code::Unauthenticated,
+        Code::Unauthenticated,
+    ),
+    (
+        "a wrong token",
+        Some("not-the-token-of-this-cluster"),
+        Code::Unauthenticated,
+        Code::Unauthenticated,
+    ),
+    (
+        "the viewer",
+        Some(VIEWER_TOKEN),
+        Code::PermissionDenied,
+        Code::Ok,
+    ),
+    ("the operator", Some(OPERATOR_TOKEN), Code::Ok, Code::Ok),
+];
+
+/// The code of an answer, `Ok` for a success; "allowed" answers past authentication may still
+/// be refused by the method itself (an unknown order is `NOT_FOUND`), which counts as let in.
+fn code<T>(r: Result<T, Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+fn let_in(code: Code) -> bool {
+    !matches!(code, Code::Unauthenticated | Code::PermissionDenied)
+}
+
+fn check(who: &str, call: &str, got: Code, want: Code) {
+    if want == Code::Ok {
+        assert!(let_in(got), "{who} on {call}: refused with {got:?}");
+    } else {
+        assert_eq!(got, want, "{who} on {call}");
+    }
+}
+
+#[tokio::test]
+async fn admin_apis_refuse_callers_without_the_right_token() {
+    let cluster = Cluster::start(TestBackend::Sqlite, ClusterOptions::default()).await;
+    cluster.add_food("pizza", 2).await;
+    cluster.add_agents("north", 2).await;
+    let (order, store, delivery) = (
+        channel(cluster.order_addr).await,
+        channel(cluster.store_addr).await,
+        channel(cluster.delivery_addr).await,
+    );
+    for (who, token, write, read) in CALLERS {
+        let mut admin: OrderAdminServiceClient<Creds> =
+            OrderAdminServiceClient::with_interceptor(order.clone(), creds(token));
+        let got = code(
+            admin
+                .force_fail_order(ForceFailOrderRequest {
+                    order_id: "ord-none".into(),
+                })
+                .await,
+        );
+        check(who, "ForceFailOrder", got, write);
+        let got = code(
+            admin
+                .redrive_order(RedriveOrderRequest {
+                    order_id: "ord-none".into(),
+                })
+                .await,
+        );
+        check(who, "RedriveOrder", got, write);
+        let got = code(
+            admin
+                .list_stuck_orders(ListStuckOrdersRequest { limit: 5 })
+                .await,
+        );
+        check(who, "ListStuckOrders", got, read);
+        let got = code(admin.get_saga_stats(GetSagaStatsRequest {}).await);
+        check(who, "GetSagaStats", got, read);
+
+        let mut store_admin =
+            StoreAdminServiceClient::with_interceptor(store.clone(), creds(token));
+        let got = code(
+            store_admin
+                .restock(RestockRequest {
+                    food_id: "pizza".into(),
+                    count: 1,
+                })
+                .await,
+        );
+        check(who, "Restock", got, write);
+        let got = code(
+            store_admin
+                .create_food(CreateFoodRequest {
+                    food_id: format!("f-{}", who.replace(' ', "-")),
+                    name: "F".into(),
+                })
+                .await,
+        );
+        check(who, "CreateFood", got, write);
+
+        let mut delivery_admin =
+            DeliveryAdminServiceClient::with_interceptor(delivery.clone(), creds(token));
+        let got = code(
+            delivery_admin
+                .add_agents(AddAgentsRequest {
+                    zone: "north".into(),
+                    count: 1,
+                })
+                .await,
+        );
+        check(who, "AddAgents", got, write);
+        let got = code(
+            delivery_admin
+                .complete_delivery(CompleteDeliveryRequest {
+                    agent_id: "agent-none".into(),
+                })
+                .await,
+        );
+        check(who, "CompleteDelivery", got, write);
+    }
+    // Only the operator changed anything: one restock and one agent added, one food created.
+    let foods = StoreServiceClient::new(store.clone())
+        .list_foods(ListFoodsRequest {})
+        .await
+        .expect("public read without a token")
+        .into_inner()
+        .foods;
+    let pizza = foods.iter().find(|f| f.food_id == "pizza").expect("pizza");
+    assert_eq!(
+        pizza.available, 3,
+        "only the operator's restock went through"
+    );
+    assert_eq!(foods.len(), 2, "only the operator's food was created");
+    let zones = DeliveryServiceClient::new(delivery)
+        .list_zones(ListZonesRequest {})
+        .await
+        .expect("public read without a token")
+        .into_inner()
+        .zones;
+    assert_eq!(zones[0].available, 3, "only the operator's agent was added");
+    // The public API needs no token.
+    let placed = cluster.place("k-1", "pizza", "north").await.expect("place");
+    assert_eq!(
+        placed.state,
+        order_saga_proto::order::v1::OrderState::Placed as i32
+    );
+    cluster.stop().await;
+}
