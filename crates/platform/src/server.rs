@@ -68,6 +68,10 @@ pub async fn serve(
         .trace_fn(crate::telemetry::grpc_server_span)
         // Bound every request's run time; the client's grpc-timeout wins when it is shorter.
         .timeout(limits.request_timeout)
+        // A body that is not a valid message is the caller's error, not ours.
+        .layer(tower::util::MapResponseLayer::new(
+            undecodable_is_invalid_argument,
+        ))
         // Admin calls without a valid token are refused before they take an admission slot.
         .layer(AdminAuthLayer::new(limits.admin_tokens.clone()))
         // Innermost: one admission queue for the whole server (not per connection), answering
@@ -76,6 +80,34 @@ pub async fn serve(
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// Rewrites tonic's answer to a request body that does not decode from `INTERNAL` (what
+/// tonic-prost sends, following gRPC's table for servers) to `INVALID_ARGUMENT`: the request
+/// was malformed, nothing failed inside, and a client must not retry it as it may an internal
+/// error. Such answers are trailers-only, so the status is in the response headers.
+#[allow(dead_code)]
+fn undecodable_is_invalid_argument(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let undecodable = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| {
+            m.starts_with("failed%20to%20decode%20Protobuf")
+                || m.starts_with("failed to decode Protobuf")
+        });
+    if internal && undecodable {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from_static("3"), // INVALID_ARGUMENT
+        );
+    }
+    response
 }
 
 /// Resolves when the server it was handed to starts shutting down.

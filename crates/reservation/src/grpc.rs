@@ -59,6 +59,17 @@ impl ReservationGrpc {
     }
 }
 
+/// A request's TTL as a `Duration`, refusing a negative one. The sign is checked here first:
+/// prost-types' own conversion negates a negative value to report it, which overflows (a panic
+/// in debug builds) for `seconds = i64::MIN`; the fuzzer found that.
+fn ttl_from_proto(ttl: prost_types::Duration) -> Result<Duration, Status> {
+    let negative = || Status::invalid_argument("ttl must be positive");
+    if ttl.seconds < 0 || ttl.nanos < 0 {
+        return Err(negative());
+    }
+    Duration::try_from(ttl).map_err(|_| negative())
+}
+
 #[tonic::async_trait]
 impl ReservationService for ReservationGrpc {
     async fn reserve(
@@ -71,9 +82,7 @@ impl ReservationService for ReservationGrpc {
         let ttl = req
             .ttl
             .ok_or_else(|| Status::invalid_argument("ttl is required"))
-            .and_then(|d| {
-                Duration::try_from(d).map_err(|_| Status::invalid_argument("ttl must be positive"))
-            })?;
+            .and_then(ttl_from_proto)?;
         let reservation = self.engine.reserve(&req.order_id, &req.pool, ttl).await?;
         Ok(Response::new(ReserveResponse {
             unit_id: reservation.unit_id,
@@ -110,6 +119,31 @@ impl ReservationService for ReservationGrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttls_at_every_edge_are_answered_without_a_panic() {
+        let ttl = |seconds, nanos| ttl_from_proto(prost_types::Duration { seconds, nanos });
+        assert_eq!(ttl(30, 0).ok(), Some(Duration::from_secs(30)));
+        assert_eq!(ttl(1, 2_000_000_000).ok(), Some(Duration::from_secs(3)));
+        for (seconds, nanos) in [
+            (i64::MIN, 0),
+            (-1, 0),
+            (0, -1),
+            (i64::MIN, i32::MIN),
+            (1, -1),
+        ] {
+            let refused = ttl(seconds, nanos).expect_err("negative");
+            assert_eq!(
+                refused.code(),
+                tonic::Code::InvalidArgument,
+                "{seconds} {nanos}"
+            );
+        }
+        assert!(
+            ttl(i64::MAX, i32::MAX).is_ok(),
+            "huge but positive: the engine bounds it"
+        );
+    }
 
     #[test]
     fn engine_errors_map_to_the_contract_codes() {
