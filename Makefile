@@ -6,11 +6,12 @@ BIN_DIR ?= target/debug
 FEATURES ?= --features order-service/failpoints,store-service/failpoints,delivery-service/failpoints
 DURATION ?= 10m
 CLIENTS  ?= 32
+REQUESTS ?= 100000
 
 # What `make run` needs: the three services and the CLI (no test-only crates).
 RUN_PACKAGES ?= -p order-service -p store-service -p delivery-service -p sagactl
 
-.PHONY: build run test test-rust walkthrough chaos bench model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke clean-data
+.PHONY: build run test test-rust walkthrough chaos fuzz bench model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke clean-data
 BUF_VERSION ?= 1.75.0
 BUF := .tools/buf/node_modules/.bin/buf
 
@@ -38,6 +39,13 @@ walkthrough: build
 chaos: build
 	$(CARGO) build -p order-saga-harness $(RUN_PACKAGES) --bin chaos $(FEATURES)
 	$(BIN_DIR)/chaos --duration $(DURATION) --clients $(CLIENTS) $(if $(SEED),--seed $(SEED))
+
+## The input fuzzer: hostile requests to every RPC of a fresh SQLite cluster (the binaries
+## `make run` uses); every answer must be a documented code, nothing may crash, the invariants
+## must hold. make fuzz [REQUESTS=100000] [SEED=n]. `make test` runs a short version.
+fuzz: build
+	$(CARGO) build -p order-saga-harness $(RUN_PACKAGES) --bin fuzz $(FEATURES)
+	$(BIN_DIR)/fuzz --bin-dir $(BIN_DIR) --requests $(REQUESTS) $(if $(SEED),--seed $(SEED))
 
 ## The benchmark, on release binaries it builds (never the dev profile):
 ##   make bench [BENCH_ARGS="--backend sqlite --workload hot --clients 64 --duration 5m --screenshot"]

@@ -175,6 +175,18 @@ impl BenchCluster {
             .unwrap_or_default()
     }
 
+    /// The services whose process has exited.
+    pub fn exited(&mut self) -> Vec<String> {
+        self.services
+            .iter_mut()
+            .filter_map(|s| match s.child.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) => Some(format!("{} exited: {status}", s.name)),
+                Err(e) => Some(format!("{}: cannot tell whether it runs: {e}", s.name)),
+            })
+            .collect()
+    }
+
     /// Stops every service (SIGTERM, then waits).
     pub async fn stop(mut self) {
         for s in &mut self.services {
