@@ -42,10 +42,11 @@ chaos: build
 
 ## The input fuzzer: hostile requests to every RPC of a fresh SQLite cluster (the binaries
 ## `make run` uses); every answer must be a documented code, nothing may crash, the invariants
-## must hold. make fuzz [REQUESTS=100000] [SEED=n]. `make test` runs a short version.
+## must hold. make fuzz [REQUESTS=100000] [SEED=n] [RPC=OrderAdminService]. `make test` runs a
+## short version.
 fuzz: build
 	$(CARGO) build -p order-saga-harness $(RUN_PACKAGES) --bin fuzz $(FEATURES)
-	$(BIN_DIR)/fuzz --bin-dir $(BIN_DIR) --requests $(REQUESTS) $(if $(SEED),--seed $(SEED))
+	$(BIN_DIR)/fuzz --bin-dir $(BIN_DIR) --requests $(REQUESTS) $(if $(SEED),--seed $(SEED)) $(if $(RPC),--rpc $(RPC))
 
 ## The benchmark, on release binaries it builds (never the dev profile):
 ##   make bench [BENCH_ARGS="--backend sqlite --workload hot --clients 64 --duration 5m --screenshot"]

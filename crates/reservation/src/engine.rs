@@ -519,7 +519,7 @@ impl Engine {
     }
 
     /// Creates a pool; [`EngineError::PoolExists`] if it exists.
-    #[instrument(skip_all, fields(pool = %pool), err)]
+    #[instrument(skip_all, fields(pool = %pool), err(level = "debug"))]
     pub async fn create_pool(&self, pool: &str, name: &str) -> Result<PoolInfo, EngineError> {
         match sqlx::query(AssertSqlSafe(self.sql.insert_pool.as_str()))
             .bind(pool)
@@ -544,7 +544,7 @@ impl Engine {
     }
 
     /// Adds `count` new units to an existing pool, in one transaction.
-    #[instrument(skip_all, fields(pool = %pool, count), err)]
+    #[instrument(skip_all, fields(pool = %pool, count), err(level = "debug"))]
     pub async fn add_units(&self, pool: &str, count: i64) -> Result<PoolInfo, EngineError> {
         check_unit_count(count)?;
         let (this, pool_id) = (self.clone(), pool.to_owned());
@@ -614,7 +614,7 @@ impl Engine {
 
     /// Ends an assignment because the work is done (a delivery completed): the unit becomes
     /// available again. Only assigned units can be finished.
-    #[instrument(skip_all, fields(unit_id = %unit_id), err)]
+    #[instrument(skip_all, fields(unit_id = %unit_id), err(level = "debug"))]
     pub async fn finish_assignment(&self, unit_id: &str) -> Result<UnitHolder, EngineError> {
         let (this, unit_id) = (self.clone(), unit_id.to_owned());
         detached(async move { this.finish_assignment_tx(&unit_id).await }).await

@@ -50,6 +50,9 @@ pub struct FuzzArgs {
     /// Directory of the service binaries.
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
+    /// Only the RPCs whose path contains this (e.g. `OrderAdminService`, `/Reserve`).
+    #[arg(long)]
+    pub rpc: Option<String>,
     /// Where logs and the summary go (a `fuzz-<timestamp>` directory is created inside).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
@@ -263,7 +266,11 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
         ..Known::default()
     };
     let mut counts = Vec::new();
-    for (i, (service, rpc, audience)) in TARGETS.iter().enumerate() {
+    let chosen = TARGETS
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, rpc, _))| args.rpc.as_ref().is_none_or(|f| rpc.contains(f.as_str())));
+    for (i, (service, rpc, audience)) in chosen {
         let channel = Channel::from_shared(cluster.url(service))?
             .connect()
             .await?;
@@ -357,13 +364,18 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
             *c.codes.entry(format!("{code:?}")).or_default() += 1;
             c.garbage += u64::from(is_garbage);
             if !ALLOWED.contains(&code) && c.bad.len() < 5 {
+                // The message, and the source of a transport error (which says why).
                 let message = answer
                     .err()
-                    .map(|s| s.message().to_owned())
+                    .map(|s| {
+                        let source = std::error::Error::source(&s).map(|e| format!(" ({e:?})"));
+                        format!("{}{}", s.message(), source.unwrap_or_default())
+                    })
                     .unwrap_or_default();
                 let hex: String = sent.iter().take(64).map(|b| format!("{b:02x}")).collect();
-                c.bad
-                    .push(format!("{code:?}: {message:?} for request {hex}"));
+                let bad = format!("{code:?}: {message:?} for request {hex}");
+                eprintln!("fuzz: BAD {} {}: {bad}", target.service, target.rpc);
+                c.bad.push(bad);
             }
         })
         .await;
