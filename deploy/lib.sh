@@ -1,3 +1,26 @@
+# The compose cluster's secrets: the admin token and the database passwords. Each comes from
+# the environment when set, else from deploy/.secrets (git-ignored, mode 600), where missing
+# ones are made on first use. docker-compose.yml has no default for any of them: compose
+# refuses to start without them.
+SECRETS=(ADMIN_TOKEN POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
+ensure_secrets() {
+    local file=$REPO_ROOT/deploy/.secrets name
+    [ -f "$file" ] || (umask 077; : >"$file")
+    for name in "${SECRETS[@]}"; do
+        if [ -z "${!name:-}" ]; then
+            local kept
+            kept=$(sed -n "s/^$name=//p" "$file" | tail -n 1)
+            if [ -z "$kept" ]; then
+                kept=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+                echo "$name=$kept" >>"$file"
+                log "made $name in $file"
+            fi
+            printf -v "$name" '%s' "$kept"
+        fi
+        export "${name?}"
+    done
+}
+
 # shellcheck shell=bash
 # Shared helpers for deploy/compose.sh and deploy/compose-smoke.sh. Source it; do not run it.
 #
@@ -101,7 +124,7 @@ ensure_admin_token() {
 compose() {
     local project=$1; shift
     detect_compose
-    ensure_admin_token
+    ensure_secrets
     # shellcheck disable=SC2086 # COMPOSE is a command with its subcommand
     $COMPOSE -p "$project" -f "$COMPOSE_FILE_PATH" "$@"
 }
