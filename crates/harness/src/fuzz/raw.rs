@@ -25,12 +25,19 @@ pub async fn call(
         .await
         .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
     let mut request = tonic::Request::new(body);
-    request.set_timeout(super::CALL_TIMEOUT);
     if let Some(value) = authorization {
         request.metadata_mut().insert("authorization", value);
     }
-    grpc.unary(request, path, RawCodec).await.map(drop)
+    // A deadline of our own, not sent to the server (which then answers within its own
+    // request timeout): its passing is no answer from the server, and is counted apart.
+    match tokio::time::timeout(super::CALL_TIMEOUT, grpc.unary(request, path, RawCodec)).await {
+        Ok(answer) => answer.map(drop),
+        Err(_) => Err(Status::deadline_exceeded(NO_ANSWER)),
+    }
 }
+
+/// The message of the status [`call`] returns when no answer came within the deadline.
+pub const NO_ANSWER: &str = "no answer within the fuzzer's deadline";
 
 /// Encodes a `Vec<u8>` as it is; decodes any answer to `()`.
 #[derive(Debug, Clone, Copy, Default)]
