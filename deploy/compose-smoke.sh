@@ -40,7 +40,7 @@ STORE_URL=http://127.0.0.1:$STORE_PORT
 DELIVERY_URL=http://127.0.0.1:$DELIVERY_PORT
 # This run's admin token: the cluster takes it from compose, sagactl and the walkthrough from
 # the environment.
-ADMIN_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+ADMIN_TOKEN=$(random_secret)
 export ADMIN_TOKEN SAGACTL_ADMIN_TOKEN=$ADMIN_TOKEN
 LOG_DIR=$REPO_ROOT/target/compose-smoke
 mkdir -p "$LOG_DIR"

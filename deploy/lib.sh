@@ -1,26 +1,3 @@
-# The compose cluster's secrets: the admin token and the database passwords. Each comes from
-# the environment when set, else from deploy/.secrets (git-ignored, mode 600), where missing
-# ones are made on first use. docker-compose.yml has no default for any of them: compose
-# refuses to start without them.
-SECRETS=(ADMIN_TOKEN POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
-ensure_secrets() {
-    local file=$REPO_ROOT/deploy/.secrets name
-    [ -f "$file" ] || (umask 077; : >"$file")
-    for name in "${SECRETS[@]}"; do
-        if [ -z "${!name:-}" ]; then
-            local kept
-            kept=$(sed -n "s/^$name=//p" "$file" | tail -n 1)
-            if [ -z "$kept" ]; then
-                kept=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
-                echo "$name=$kept" >>"$file"
-                log "made $name in $file"
-            fi
-            printf -v "$name" '%s' "$kept"
-        fi
-        export "${name?}"
-    done
-}
-
 # shellcheck shell=bash
 # Shared helpers for deploy/compose.sh and deploy/compose-smoke.sh. Source it; do not run it.
 #
@@ -106,21 +83,33 @@ detect_compose() {
     else die "neither 'docker compose' nor 'docker-compose' found"; fi
 }
 
-# compose PROJECT ARGS...: run compose on our file for one project.
-# The admin token of the compose cluster: $ADMIN_TOKEN when set, else the one kept in
-# deploy/.admin-token (git-ignored, mode 600), made on first use. docker-compose.yml has no
-# default for it: compose refuses to start without one.
-ensure_admin_token() {
-    [ -n "${ADMIN_TOKEN:-}" ] && { export ADMIN_TOKEN; return 0; }
-    local file=$REPO_ROOT/deploy/.admin-token
-    if [ ! -s "$file" ]; then
-        (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file")
-        log "made an admin token in $file"
-    fi
-    ADMIN_TOKEN=$(tr -d '[:space:]' <"$file")
-    export ADMIN_TOKEN
+# random_secret: 48 hex characters from /dev/urandom.
+random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# The compose cluster's secrets: the admin token and the database passwords. Each comes from
+# the environment when set, else from deploy/.secrets (git-ignored, mode 600), where missing
+# ones are made on first use. docker-compose.yml has no default for any of them: compose
+# refuses to start without them.
+SECRETS=(ADMIN_TOKEN POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
+ensure_secrets() {
+    local file=$REPO_ROOT/deploy/.secrets name
+    [ -f "$file" ] || (umask 077; : >"$file")
+    for name in "${SECRETS[@]}"; do
+        if [ -z "${!name:-}" ]; then
+            local kept
+            kept=$(sed -n "s/^$name=//p" "$file" | tail -n 1)
+            if [ -z "$kept" ]; then
+                kept=$(random_secret)
+                echo "$name=$kept" >>"$file"
+                log "made $name in $file"
+            fi
+            printf -v "$name" '%s' "$kept"
+        fi
+        export "${name?}"
+    done
 }
 
+# compose PROJECT ARGS...: run compose on our file for one project.
 compose() {
     local project=$1; shift
     detect_compose
