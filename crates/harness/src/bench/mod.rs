@@ -116,8 +116,8 @@ fn stock_per_pool(args: &BenchArgs, pools: usize) -> i64 {
     }
 }
 
-/// Creates the foods and zones with `per_pool` units each.
-async fn stock(
+/// Creates the foods and zones with `per_pool` units each (the fuzzer seeds its cluster so too).
+pub(crate) async fn stock(
     admin: &BearerToken,
     store_url: &str,
     delivery_url: &str,

@@ -24,6 +24,7 @@ use order_saga_proto::{
     order::v1::PlaceOrderRequest,
     store::v1::{CreateFoodRequest, RestockRequest},
 };
+use order_saga_saga::BearerToken;
 use order_saga_testkit::invariants::{self, Stock};
 use prost::Message;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -257,8 +258,8 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
         .await
         .context("starting the cluster")?;
     let operator = format!("Bearer {}", cluster.admin_token);
-    let stock = Arc::new(Mutex::new(Stock::new()));
-    let known = seed_cluster(&cluster, &operator, &stock).await?;
+    let (known, stock) = seed_cluster(&cluster).await?;
+    let stock = Arc::new(Mutex::new(stock));
 
     // The internal ReservationService accepts any caller until service identity (mTLS) closes
     // it: a Release naming a placed order would free its packet, which is the hole that work
@@ -431,66 +432,20 @@ fn record_stock(rpc: &str, service: &str, body: &[u8], stock: &Mutex<Stock>) {
     }
 }
 
-/// A small catalogue and a few placed orders, so fuzzed ids sometimes exist.
-async fn seed_cluster(
-    cluster: &BenchCluster,
-    operator: &str,
-    stock: &Mutex<Stock>,
-) -> anyhow::Result<Known> {
-    let mut known = Known::default();
-    let (store, delivery, order) = (
-        Channel::from_shared(cluster.url("store"))?
-            .connect()
-            .await?,
-        Channel::from_shared(cluster.url("delivery"))?
-            .connect()
-            .await?,
-        Channel::from_shared(cluster.url("order"))?
-            .connect()
-            .await?,
-    );
-    let auth: MetadataValue<_> = operator.parse()?;
-    let admin = |body: Vec<u8>, channel: &Channel, rpc: &'static str| {
-        raw::call(channel.clone(), rpc, body, Some(auth.clone()))
+/// A small catalogue (stocked as the bench stocks) and a few placed orders, so fuzzed ids sometimes exist.
+async fn seed_cluster(cluster: &BenchCluster) -> anyhow::Result<(Known, Stock)> {
+    let foods: Vec<String> = (0..4).map(|i| format!("food-{i}")).collect();
+    let zones: Vec<String> = (0..4).map(|i| format!("zone-{i}")).collect();
+    let admin = BearerToken::new(Some(&cluster.admin_token)).map_err(anyhow::Error::msg)?;
+    let (store, delivery) = (cluster.url("store"), cluster.url("delivery"));
+    let stock = crate::bench::stock(&admin, &store, &delivery, &foods, &zones, 50).await?;
+    let mut known = Known {
+        pools: foods.into_iter().chain(zones).collect(),
+        ..Known::default()
     };
-    for i in 0..4 {
-        let (food, zone) = (format!("food-{i}"), format!("zone-{i}"));
-        let create = CreateFoodRequest {
-            food_id: food.clone(),
-            name: format!("Food {i}"),
-        };
-        admin(
-            create.encode_to_vec(),
-            &store,
-            "/store.v1.StoreAdminService/CreateFood",
-        )
+    let order = Channel::from_shared(cluster.url("order"))?
+        .connect()
         .await?;
-        let restock = RestockRequest {
-            food_id: food.clone(),
-            count: 50,
-        };
-        admin(
-            restock.encode_to_vec(),
-            &store,
-            "/store.v1.StoreAdminService/Restock",
-        )
-        .await?;
-        let agents = AddAgentsRequest {
-            zone: zone.clone(),
-            count: 50,
-        };
-        admin(
-            agents.encode_to_vec(),
-            &delivery,
-            "/delivery.v1.DeliveryAdminService/AddAgents",
-        )
-        .await?;
-        if let Ok(mut s) = stock.lock() {
-            s.insert(("store", food.clone()), 50);
-            s.insert(("delivery", zone.clone()), 50);
-        }
-        known.pools.extend([food, zone]);
-    }
     let mut client =
         order_saga_proto::order::v1::order_service_client::OrderServiceClient::new(order);
     for i in 0..8 {
@@ -506,7 +461,7 @@ async fn seed_cluster(
         known.keys.push(placed.idempotency_key);
         known.orders.push(placed.order_id);
     }
-    Ok(known)
+    Ok((known, stock))
 }
 
 fn summary(codes: &BTreeMap<String, u64>) -> String {
