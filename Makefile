@@ -11,7 +11,7 @@ REQUESTS ?= 100000
 # What `make run` needs: the three services and the CLI (no test-only crates).
 RUN_PACKAGES ?= -p order-service -p store-service -p delivery-service -p sagactl
 
-.PHONY: build run test test-rust walkthrough chaos fuzz bench model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke clean-data
+.PHONY: build run test test-rust walkthrough chaos fuzz bench model-check model-explore lint lint-proto fmt compose-up compose-down compose-smoke image-bins clean-data
 BUF_VERSION ?= 1.75.0
 BUF := .tools/buf/node_modules/.bin/buf
 
@@ -26,9 +26,11 @@ run: build
 ## The whole test suite: Rust tests on SQLite and PostgreSQL, then the README's grpcurl session.
 test: test-rust walkthrough
 
-## Rust unit, integration and end-to-end tests (including the failure-injection scenarios and a
-## 40-second chaos campaign, which run the real binaries); PostgreSQL is found or started.
+## Rust unit, integration and end-to-end tests (including the failure-injection scenarios, a
+## 40-second chaos campaign, which run the real binaries, and the console in headless Chromium);
+## PostgreSQL is found or started, Chromium installed from Debian's packages when missing.
 test-rust: build
+	bash tests/ensure-chromium.sh
 	bash tests/with-postgres.sh $(CARGO) test --workspace --all-targets $(FEATURES) -- --test-threads=6
 
 ## Run the README's grpcurl session against a fresh `make run` cluster.
@@ -78,9 +80,15 @@ lint: lint-proto
 fmt:
 	$(CARGO) fmt --all
 
-## Start the docker compose cluster (PostgreSQL + the three services) on ports 50051-50053.
+## The binaries local stand-in images pack: the same dev profile, without failpoints (images
+## never carry them; deploy/Dockerfile builds release binaries when a registry is reachable).
+image-bins:
+	$(CARGO) build $(RUN_PACKAGES) --bins
+
+## Start the docker compose cluster (PostgreSQL + the three services); only the order API
+## (50051) is published, COMPOSE_OPERATOR=1 also publishes the admin listeners on 127.0.0.1.
 ## Builds local stand-in images when no image registry is reachable.
-compose-up: build
+compose-up: image-bins
 	BIN_DIR=$(BIN_DIR) bash deploy/compose.sh up
 
 ## Stop the compose cluster (`make compose-down ARGS=-v` also deletes the database volume).
@@ -88,7 +96,7 @@ compose-down:
 	bash deploy/compose.sh down $(ARGS)
 
 ## Bring up a throwaway compose cluster, run the walkthrough, load and kill tests, tear down.
-compose-smoke: build
+compose-smoke: image-bins
 	BIN_DIR=$(BIN_DIR) bash deploy/compose-smoke.sh
 
 ## Remove the local cluster's SQLite databases and logs.

@@ -33,11 +33,18 @@ PROJECT=ordersaga-smoke-$RUN_ID
 export ORDER_PORT=${SMOKE_ORDER_PORT:-50051}
 export STORE_PORT=${SMOKE_STORE_PORT:-50052}
 export DELIVERY_PORT=${SMOKE_DELIVERY_PORT:-50053}
+export ORDER_ADMIN_PORT=${SMOKE_ORDER_ADMIN_PORT:-50251}
+export STORE_ADMIN_PORT=${SMOKE_STORE_ADMIN_PORT:-50252}
+export DELIVERY_ADMIN_PORT=${SMOKE_DELIVERY_ADMIN_PORT:-50253}
+# The smoke test operates the cluster from the host: publish the admin listeners too.
+export COMPOSE_OPERATOR=1
 export ORDER_SAGA_BIND=127.0.0.1
 export ORDER_RESERVATION_TTL=${SMOKE_RESERVATION_TTL:-30s}
 ORDER_URL=http://127.0.0.1:$ORDER_PORT
 STORE_URL=http://127.0.0.1:$STORE_PORT
 DELIVERY_URL=http://127.0.0.1:$DELIVERY_PORT
+ADMIN_URLS=(--order-admin "http://127.0.0.1:$ORDER_ADMIN_PORT" --store-admin "http://127.0.0.1:$STORE_ADMIN_PORT"
+    --delivery-admin "http://127.0.0.1:$DELIVERY_ADMIN_PORT")
 # This run's admin token: the cluster takes it from compose, sagactl and the walkthrough from
 # the environment.
 ADMIN_TOKEN=$(random_secret)
@@ -52,7 +59,8 @@ else die "BIN_DIR $d not found (build the binaries first: cargo build --bins)"; 
 export BIN_DIR
 
 sagactl() {
-    "$BIN_DIR/sagactl" --order "$ORDER_URL" --store "$STORE_URL" --delivery "$DELIVERY_URL" "$@"
+    "$BIN_DIR/sagactl" --order "$ORDER_URL" --store "$STORE_URL" --delivery "$DELIVERY_URL" \
+        "${ADMIN_URLS[@]}" "$@"
 }
 
 # --- stage bookkeeping -------------------------------------------------------------------------
@@ -164,7 +172,7 @@ PY
 
 st_up() {
     local p
-    for p in "$ORDER_PORT" "$STORE_PORT" "$DELIVERY_PORT"; do
+    for p in "$ORDER_PORT" "$STORE_PORT" "$DELIVERY_PORT" "$ORDER_ADMIN_PORT" "$STORE_ADMIN_PORT" "$DELIVERY_ADMIN_PORT"; do
         port_free "$p" || die "port 127.0.0.1:$p is taken; choose others with SMOKE_ORDER_PORT, SMOKE_STORE_PORT, SMOKE_DELIVERY_PORT"
     done
     use_standins
@@ -176,7 +184,8 @@ st_up() {
 
 st_walkthrough() {
     bash "$REPO_ROOT/tests/walkthrough.sh" "127.0.0.1:$ORDER_PORT" "127.0.0.1:$STORE_PORT" \
-        "127.0.0.1:$DELIVERY_PORT"
+        "127.0.0.1:$DELIVERY_PORT" "127.0.0.1:$ORDER_ADMIN_PORT" "127.0.0.1:$STORE_ADMIN_PORT" \
+        "127.0.0.1:$DELIVERY_ADMIN_PORT"
 }
 
 # last_summary FILE -> the place-many summary line, checked for shape
@@ -199,6 +208,38 @@ for line in sys.stdin:
 ' "$1"
 }
 field() { sed -E "s/.*(^| )$1=([0-9]+).*/\\2/" <<<"$2"; }
+
+# Least privilege, as deployed: the base compose file publishes only the order API, never an
+# internal listener; every running service container has a read-only root, runs as non-root,
+# has dropped every capability and may not gain privileges (read from docker inspect);
+# the image carries no failpoints (a malformed FAILPOINTS would abort a failpoint build).
+st_hardening() {
+    local config
+    config=$(COMPOSE_OPERATOR=0 compose "$PROJECT" config)
+    python3 - "$config" <<'PY' || die "the base compose file is not least-privilege"
+import re, sys
+text = sys.argv[1]
+published = re.findall(r"(?:published: ['\"]?(\d+)|- (?:[\d.]+:)?(\d+):\d+)", text)
+ports = sorted({a or b for a, b in published})
+print("published by the base file:", ports)
+# Jaeger's UI (16686), Prometheus (9090) and Grafana (3000): only under the "observability" profile.
+assert [p for p in ports if p not in ("16686", "9090", "3000")] == ["50051"], ports
+PY
+    local svc cid
+    for svc in store delivery order; do
+        cid=$(service_cid "$PROJECT" "$svc")
+        local got
+        got=$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}} {{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}}' "$cid")
+        [ "$got" = "true 10001:10001 [ALL] [no-new-privileges:true]" ] \
+            || die "$svc is not read-only, non-root, capability-free and no-new-privileges: $got"
+        if docker port "$cid" | grep -Eq '5015[23]'; then die "$svc publishes its internal listener"; fi
+    done
+    if docker run --rm -e FAILPOINTS='not-a-failpoint-spec((' "$ORDER_SAGA_IMAGE" order --help >/dev/null 2>&1; then
+        log "the order binary in $ORDER_SAGA_IMAGE ignores FAILPOINTS: no failpoints compiled in"
+    else
+        die "the image's binaries carry failpoints (build them with make image-bins)"
+    fi
+}
 
 st_concurrency() {
     local food=smoke-c-$RUN_ID zone=smoke-c-$RUN_ID out=$LOG_DIR/concurrency.out line
@@ -232,7 +273,7 @@ st_kill_restart() {
     # order service is back, so the load goes on across the restart and each retried key must
     # come back with its one order.
     "$BIN_DIR/sagactl" --order "$ORDER_URL" --store "$STORE_URL" --delivery "$DELIVERY_URL" \
-        place-many --count "$count" --concurrency "$conc" --food "$food" --zone "$zone" \
+        "${ADMIN_URLS[@]}" place-many --count "$count" --concurrency "$conc" --food "$food" --zone "$zone" \
         --key-prefix "smoke-k-$RUN_ID" --retry-for "$retry_for" --allow-errors >"$out" 2>&1 &
     LOAD_PID=$!
     sleep "${SMOKE_KILL_AFTER:-4}"
@@ -264,6 +305,7 @@ stage base-image ensure_base_image
 stage postgres-image ensure_postgres_image
 stage service-image ensure_service_image
 stage up st_up
+stage hardening st_hardening
 stage walkthrough st_walkthrough
 stage concurrency st_concurrency
 stage kill-restart st_kill_restart

@@ -65,9 +65,15 @@ case $cmd in
         wait_healthy "$PROJECT" "${HEALTH_TIMEOUT:-240}" postgres store delivery order \
             || { compose "$PROJECT" ps; compose "$PROJECT" logs --tail 40; die "cluster is not healthy"; }
         log "cluster $PROJECT is up ($MODE images):"
-        log "  order    ${ORDER_SAGA_BIND:-127.0.0.1}:${ORDER_PORT:-50051}"
-        log "  store    ${ORDER_SAGA_BIND:-127.0.0.1}:${STORE_PORT:-50052}"
-        log "  delivery ${ORDER_SAGA_BIND:-127.0.0.1}:${DELIVERY_PORT:-50053}"
+        log "  order API  ${ORDER_SAGA_BIND:-127.0.0.1}:${ORDER_PORT:-50051}"
+        if [ "${COMPOSE_OPERATOR:-0}" = 1 ]; then
+            log "  store      ${ORDER_SAGA_BIND:-127.0.0.1}:${STORE_PORT:-50052} (admin :${STORE_ADMIN_PORT:-50252})"
+            log "  delivery   ${ORDER_SAGA_BIND:-127.0.0.1}:${DELIVERY_PORT:-50053} (admin :${DELIVERY_ADMIN_PORT:-50253})"
+            log "  order admin ${ORDER_SAGA_BIND:-127.0.0.1}:${ORDER_ADMIN_PORT:-50251}"
+        else
+            log "  operators: deploy/compose.sh exec order sagactl --admin-token \$ADMIN_TOKEN stuck"
+            log "  (or COMPOSE_OPERATOR=1 make compose-up to publish the admin listeners)"
+        fi
         log "stop with: deploy/compose.sh down   (add -v to delete the database volume)"
         ;;
     down)

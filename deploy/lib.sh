@@ -90,7 +90,7 @@ random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
 # the environment when set, else from deploy/.secrets (git-ignored, mode 600), where missing
 # ones are made on first use. docker-compose.yml has no default for any of them: compose
 # refuses to start without them.
-SECRETS=(ADMIN_TOKEN POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
+SECRETS=(ADMIN_TOKEN VIEWER_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
 ensure_secrets() {
     local file=$REPO_ROOT/deploy/.secrets name
     [ -f "$file" ] || (umask 077; : >"$file")
@@ -109,13 +109,16 @@ ensure_secrets() {
     done
 }
 
-# compose PROJECT ARGS...: run compose on our file for one project.
+# compose PROJECT ARGS...: run compose on our file for one project; with COMPOSE_OPERATOR=1 also
+# on docker-compose.operator.yml (admin listeners and public reads published on the host).
 compose() {
     local project=$1; shift
+    local files=(-f "$COMPOSE_FILE_PATH")
+    [ "${COMPOSE_OPERATOR:-0}" = 1 ] && files+=(-f "$DEPLOY_DIR/docker-compose.operator.yml")
     detect_compose
     ensure_secrets
     # shellcheck disable=SC2086 # COMPOSE is a command with its subcommand
-    $COMPOSE -p "$project" -f "$COMPOSE_FILE_PATH" "$@"
+    $COMPOSE -p "$project" "${files[@]}" "$@"
 }
 
 # --- stand-in images ---------------------------------------------------------------------------

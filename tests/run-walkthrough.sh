@@ -8,10 +8,13 @@ BIN_DIR=${BIN_DIR:-target/debug}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ORDER_PORT=$(free_port); STORE_PORT=$(free_port); DELIVERY_PORT=$(free_port)
+ORDER_ADMIN_PORT=$(free_port); STORE_ADMIN_PORT=$(free_port); DELIVERY_ADMIN_PORT=$(free_port)
 DATA_DIR=$(mktemp -d /tmp/order-saga-walkthrough.XXXXXX)
 LOG="$DATA_DIR/run-local.out"
 
 export ORDER_LISTEN_ADDR=127.0.0.1:$ORDER_PORT STORE_LISTEN_ADDR=127.0.0.1:$STORE_PORT DELIVERY_LISTEN_ADDR=127.0.0.1:$DELIVERY_PORT
+export ORDER_ADMIN_LISTEN_ADDR=127.0.0.1:$ORDER_ADMIN_PORT STORE_ADMIN_LISTEN_ADDR=127.0.0.1:$STORE_ADMIN_PORT DELIVERY_ADMIN_LISTEN_ADDR=127.0.0.1:$DELIVERY_ADMIN_PORT
+export STORE_INTERNAL_LISTEN_ADDR=127.0.0.1:$(free_port) DELIVERY_INTERNAL_LISTEN_ADDR=127.0.0.1:$(free_port)
 # setsid: a process group of its own, so Ctrl-C (SIGINT) can be sent to it as a terminal would.
 # A background job of a non-interactive shell starts with SIGINT ignored, and bash cannot trap a
 # signal ignored at entry: restore the default first, as a terminal's foreground job has it.
@@ -40,7 +43,8 @@ echo "== README walkthrough"
 # As the README says: the admin token `make run` wrote into its data directory.
 ADMIN_TOKEN=$(cat "$DATA_DIR/admin.token")
 export ADMIN_TOKEN
-bash tests/walkthrough.sh "localhost:$ORDER_PORT" "localhost:$STORE_PORT" "localhost:$DELIVERY_PORT"
+bash tests/walkthrough.sh "localhost:$ORDER_PORT" "localhost:$STORE_PORT" "localhost:$DELIVERY_PORT" \
+  "localhost:$ORDER_ADMIN_PORT" "localhost:$STORE_ADMIN_PORT" "localhost:$DELIVERY_ADMIN_PORT"
 
 echo "== Ctrl-C"
 kill -INT -- -"$RUN_PID"

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Runs the README's grpcurl walkthrough against a running cluster and checks every answer.
 #
-#   tests/walkthrough.sh [ORDER_ADDR STORE_ADDR DELIVERY_ADDR]
-#       defaults: localhost:50051 localhost:50052 localhost:50053
+#   tests/walkthrough.sh [ORDER STORE DELIVERY [ORDER_ADMIN STORE_ADMIN DELIVERY_ADMIN]]
+#       defaults: localhost:50051 :50052 :50053 (public), localhost:50251 :50252 :50253 (admin)
 #
 # The commands are exactly those of README.md between `<!-- walkthrough:begin -->` and
 # `<!-- walkthrough:end -->`, inside a ```sh block: `grpcurl ...` commands (a trailing `\`
 # continues a command on the next line) and `#` comments. Each command is run as the shell would
 # run it, after two rewrites:
-#   - localhost:50051 / :50052 / :50053 (or 127.0.0.1:...) become ORDER_ADDR / STORE_ADDR /
-#     DELIVERY_ADDR;
+#   - localhost:50051 / :50052 / :50053 (or 127.0.0.1:...) become the public addresses given,
+#     localhost:50251 / :50252 / :50253 the admin addresses;
 #   - the placeholder <ORDER_ID> becomes the orderId of the last PlaceOrder answer.
 # `$ADMIN_TOKEN` in a command expands to the admin token of the cluster (the environment's,
 # which tests/run-walkthrough.sh reads from the cluster's data directory).
@@ -29,6 +29,9 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORDER_ADDR=${1:-localhost:50051}
 STORE_ADDR=${2:-localhost:50052}
 DELIVERY_ADDR=${3:-localhost:50053}
+ORDER_ADMIN_ADDR=${4:-localhost:50251}
+STORE_ADMIN_ADDR=${5:-localhost:50252}
+DELIVERY_ADMIN_ADDR=${6:-localhost:50253}
 README=${WALKTHROUGH_README:-$REPO_ROOT/README.md}
 BUF_VERSION=${BUF_VERSION:-1.75.0}
 TIMEOUT=${WALKTHROUGH_TIMEOUT:-60}
@@ -257,6 +260,9 @@ while IFS= read -r line; do
         cmd=${cmd//$host:50051/$ORDER_ADDR}
         cmd=${cmd//$host:50052/$STORE_ADDR}
         cmd=${cmd//$host:50053/$DELIVERY_ADDR}
+        cmd=${cmd//$host:50251/$ORDER_ADMIN_ADDR}
+        cmd=${cmd//$host:50252/$STORE_ADMIN_ADDR}
+        cmd=${cmd//$host:50253/$DELIVERY_ADMIN_ADDR}
     done
     if [[ $cmd == *"<ORDER_ID>"* ]]; then
         [ -n "$ORDER_ID" ] || fail "command $n uses <ORDER_ID> before any PlaceOrder answered"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use order_saga_harness::fuzz::{FuzzArgs, run};
+use order_saga_harness::fuzz::{FuzzArgs, IMPOSTOR, run};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -36,7 +36,7 @@ async fn hostile_requests_get_documented_codes_and_break_nothing() {
         .expect("fuzz runs");
     assert_eq!(
         report.counts.len(),
-        21,
+        22,
         "every RPC on every port that serves it"
     );
     for c in &report.counts {
@@ -68,6 +68,23 @@ async fn hostile_requests_get_documented_codes_and_break_nothing() {
         "{:?}",
         restock.codes
     );
+    // Internal calls made with another service's certificate are all refused, and some of
+    // those made with the orchestrator's get through.
+    for c in report
+        .counts
+        .iter()
+        .filter(|c| c.rpc.contains("ReservationService"))
+    {
+        let impostor = format!("PermissionDenied{IMPOSTOR}");
+        assert!(
+            c.codes.contains_key(&impostor),
+            "{} {}: {:?}",
+            c.service,
+            c.rpc,
+            c.codes
+        );
+        assert!(c.codes.contains_key("Ok") || c.codes.contains_key("InvalidArgument"));
+    }
     assert!(report.exited.is_empty(), "{:?}", report.exited);
     assert!(report.panics.is_empty(), "{:?}", report.panics);
     assert!(report.violations.is_empty(), "{:?}", report.violations);

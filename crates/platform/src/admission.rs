@@ -55,6 +55,8 @@ struct Shared {
     config: AdmissionConfig,
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
+    /// The listener's name in metrics, once [`AdmissionLayer::report_metrics`] set it.
+    listener: std::sync::OnceLock<&'static str>,
 }
 
 /// The [`Layer`] that puts one server's requests through one admission queue. Clones share it.
@@ -72,6 +74,7 @@ impl AdmissionLayer {
                 config,
                 slots,
                 queued: AtomicUsize::new(0),
+                listener: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -79,6 +82,24 @@ impl AdmissionLayer {
     /// Requests waiting for a slot now.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Reports this queue in the metrics as `listener`: the gauges `admission_queued` and
+    /// `admission_in_flight` (set at each scrape, while the server lives) and the counter
+    /// `admission_refused_total`.
+    pub fn report_metrics(&self, listener: &'static str) {
+        let _ = self.shared.listener.set(listener);
+        let shared = Arc::downgrade(&self.shared);
+        crate::metrics::on_scrape(move || {
+            let Some(shared) = shared.upgrade() else {
+                return false;
+            };
+            let layer = AdmissionLayer { shared };
+            metrics::gauge!("admission_queued", "listener" => listener).set(layer.queued() as f64);
+            metrics::gauge!("admission_in_flight", "listener" => listener)
+                .set(layer.in_flight() as f64);
+            true
+        });
     }
 
     /// Requests running now.
@@ -105,9 +126,12 @@ pub struct Admission<S> {
     shared: Arc<Shared>,
 }
 
-/// Health and reflection bypass the queue.
+/// Health, reflection and the metrics scrape bypass the queue.
 fn exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+    path.starts_with("/grpc.health.")
+        || path.starts_with("/grpc.reflection.")
+        // An overloaded server is exactly when its metrics matter.
+        || path == "/metrics"
 }
 
 /// Decrements the queue length when a waiting request stops waiting, however it stops.
@@ -126,6 +150,9 @@ impl Shared {
             return Ok(permit);
         }
         let busy = |why: &str| {
+            if let Some(listener) = self.listener.get() {
+                metrics::counter!("admission_refused_total", "listener" => *listener).increment(1);
+            }
             order_saga_saga::busy(
                 format!("server busy ({why}); retry after the RetryInfo delay"),
                 self.config.retry_after,

@@ -7,6 +7,11 @@
 //! - a **viewer** token on a method that changes something: `PERMISSION_DENIED`. Viewers may call
 //!   the read-only methods (`List*`, `Get*`); **operators** may call every admin method.
 //!
+//! The same tokens guard the admin listener's HTTP pages ([`HTTP_PATHS`]: the metrics scrape
+//! and the operator console): `GET` needs either role, anything else the operator's. Browsers
+//! may send the token in the `saga_admin_token` cookie the console's login sets. Refusals are
+//! HTTP 401/403 there (a console page redirects to its login instead).
+//!
 //! A server configured with no token refuses every admin call: there is no default credential.
 //! Tokens are kept only as SHA-256 digests and compared digest to digest. Every other service
 //! (the public APIs, health, reflection) passes through untouched. Clients send their token with
@@ -85,6 +90,15 @@ impl AdminTokens {
         self.digests.is_empty()
     }
 
+    /// The role of the token in `authorization` (`Bearer <token>`), if the server knows it.
+    pub fn role(&self, authorization: Option<&str>) -> Option<Role> {
+        let token = authorization?
+            .strip_prefix("Bearer ")
+            .or_else(|| authorization?.strip_prefix("bearer "))?
+            .trim();
+        self.role_of(token)
+    }
+
     fn role_of(&self, token: &str) -> Option<Role> {
         let presented = digest(token);
         self.digests
@@ -98,6 +112,18 @@ impl AdminTokens {
         let Some(method) = admin_method(path) else {
             return Ok(());
         };
+        self.authorize(method, is_read_only(method), authorization)
+    }
+
+    /// The verdict on `what` (a method or page, named in refusals), which changes nothing when
+    /// `read_only`, for this `authorization` header value (`Bearer <token>`).
+    pub fn authorize(
+        &self,
+        what: &str,
+        read_only: bool,
+        authorization: Option<&str>,
+    ) -> Result<(), Status> {
+        let method = what;
         if self.is_empty() {
             return Err(Status::unauthenticated(
                 "the admin API is closed: this server has no admin token configured",
@@ -118,7 +144,7 @@ impl AdminTokens {
         match self.role_of(token) {
             None => Err(Status::unauthenticated("invalid admin token")),
             Some(Role::Operator) => Ok(()),
-            Some(Role::Viewer) if is_read_only(method) => Ok(()),
+            Some(Role::Viewer) if read_only => Ok(()),
             Some(Role::Viewer) => Err(Status::permission_denied(format!(
                 "{method} needs the operator role; this token is a viewer's"
             ))),
@@ -134,6 +160,58 @@ fn admin_method(path: &str) -> Option<&str> {
 
 fn is_read_only(method: &str) -> bool {
     method.starts_with("List") || method.starts_with("Get")
+}
+
+/// HTTP paths on the admin listener that need a token (prefixes).
+pub const HTTP_PATHS: [&str; 2] = ["/metrics", "/console"];
+/// The console's login page, open to all (it sets the cookie).
+pub const LOGIN_PATH: &str = "/console/login";
+/// The cookie a browser sends its admin token in.
+pub const TOKEN_COOKIE: &str = "saga_admin_token";
+
+fn is_http_admin(path: &str) -> bool {
+    HTTP_PATHS.iter().any(|p| path.starts_with(p)) && path != LOGIN_PATH
+}
+
+/// The bearer token of an HTTP request: the `authorization` header, else the console cookie,
+/// as an `authorization` header value.
+pub fn http_credentials(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        return Some(v.to_str().unwrap_or_default().to_owned());
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, token)| format!("Bearer {token}"))
+}
+
+/// The HTTP answer to a refused page: a console page sends browsers to the login, anything else
+/// gets 401 (with `WWW-Authenticate`) or 403.
+fn http_refusal(path: &str, status: &Status) -> http::Response<tonic::body::Body> {
+    let mut builder = http::Response::builder();
+    let code = match status.code() {
+        tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+        _ if path.starts_with("/console") => {
+            builder = builder.header(http::header::LOCATION, LOGIN_PATH);
+            http::StatusCode::SEE_OTHER
+        }
+        _ => {
+            builder = builder.header(http::header::WWW_AUTHENTICATE, "Bearer");
+            http::StatusCode::UNAUTHORIZED
+        }
+    };
+    builder
+        .status(code)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(tonic::body::Body::new(axum::body::Body::from(format!(
+            "{}\n",
+            status.message()
+        ))))
+        .expect("a valid response")
 }
 
 /// Checks admin tokens in front of a server's routes.
@@ -185,6 +263,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if is_http_admin(path) {
+            let read_only = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+            let credentials = http_credentials(request.headers());
+            return match self
+                .tokens
+                .authorize(path, read_only, credentials.as_deref())
+            {
+                Ok(()) => Box::pin(self.inner.call(request)),
+                Err(status) => {
+                    let response = http_refusal(path, &status);
+                    Box::pin(async move { Ok(response) })
+                }
+            };
+        }
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -303,6 +396,38 @@ mod tests {
             .expect_err("closed");
         assert_eq!(refused.code(), Code::Unauthenticated);
         assert!(refused.message().contains("no admin token"));
+    }
+
+    #[test]
+    fn pages_take_the_header_or_the_console_cookie_and_gets_are_reads() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(http_credentials(&headers), None);
+        headers.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&format!("theme=dark; {TOKEN_COOKIE}={VIEWER}"))
+                .expect("header"),
+        );
+        let from_cookie = http_credentials(&headers);
+        assert_eq!(from_cookie, Some(format!("Bearer {VIEWER}")));
+        let t = tokens();
+        assert_eq!(
+            code(t.authorize("/console", true, from_cookie.as_deref())),
+            None
+        );
+        assert_eq!(
+            code(t.authorize("/console/orders/x/redrive", false, from_cookie.as_deref())),
+            Some(Code::PermissionDenied)
+        );
+        assert!(is_http_admin("/metrics") && is_http_admin("/console/orders"));
+        assert!(!is_http_admin(LOGIN_PATH) && !is_http_admin("/order.v1.OrderService/GetOrder"));
+        assert_eq!(
+            http_refusal("/console", &Status::unauthenticated("no")).status(),
+            http::StatusCode::SEE_OTHER
+        );
+        assert_eq!(
+            http_refusal("/metrics", &Status::unauthenticated("no")).status(),
+            http::StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]

@@ -5,20 +5,27 @@
 //!   them, embedded migrations, and classification of database errors by meaning.
 //! - [`telemetry`]: `tracing` set-up, optional OpenTelemetry export over OTLP, and W3C trace
 //!   context propagation on every gRPC call so one order is one trace across services.
-//! - [`server`]: the gRPC server stack every service runs (health, reflection, timeouts,
-//!   admission control, graceful shutdown).
+//! - [`app`]: the application shell of every service: a listener per audience (public,
+//!   internal, admin), a background loop, graceful shutdown.
+//! - [`server`]: the gRPC server stack of each listener (health, reflection, timeouts, TLS,
+//!   admission control).
+//! - [`tls`]: service identity: mutual TLS on the internal listener, the cluster CA that
+//!   issues the certificates.
 //! - [`auth`]: bearer tokens with a role (operator, viewer) for the admin services, checked by
 //!   one layer per server, and the client interceptor that sends them.
 //! - [`admission`]: one bounded FIFO admission queue per server; overload is answered
 //!   `UNAVAILABLE` with a retry hint, never a code a saga reads as final.
 
 pub mod admission;
+pub mod app;
 pub mod auth;
 pub mod db;
 pub mod failpoints;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -1,14 +1,17 @@
 //! The gRPC server stack every order-saga service runs.
 //!
-//! Each service builds its routes on top of [`base_routes`] (gRPC health and server reflection)
-//! and hands them to [`serve`] with a listener and a shutdown future, so tests can bind port 0
-//! and stop the server when they are done.
+//! Each listener of a service ([`crate::app`]) builds its routes on top of [`base_routes`] (gRPC
+//! health and server reflection) and hands them to [`serve`] with a listener, its TLS and a
+//! shutdown future.
 
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::RoutesBuilder;
+use tonic::{
+    service::{Routes, RoutesBuilder},
+    transport::ServerTlsConfig,
+};
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -56,14 +59,32 @@ pub fn base_routes() -> anyhow::Result<(RoutesBuilder, HealthReporter)> {
     Ok((routes, reporter))
 }
 
+/// How one listener serves.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The listener's name in logs and metrics (`public`, `internal`, `admin`).
+    pub listener: &'static str,
+    /// TLS (mutual on the internal listener); plaintext when `None`.
+    pub tls: Option<ServerTlsConfig>,
+    /// Also accept HTTP/1.1 (for the listener's plain HTTP routes: browsers, scrapers).
+    pub http1: bool,
+}
+
 /// Serves `routes` on `listener` until `shutdown` completes, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
-    routes: RoutesBuilder,
+    routes: Routes,
+    served: Served,
     limits: &ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder().accept_http1(served.http1);
+    if let Some(tls) = served.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let admission = AdmissionLayer::new(limits.admission.clone());
+    admission.report_metrics(served.listener);
+    builder
         // Outermost: one span per request, continuing the caller's trace context.
         .trace_fn(crate::telemetry::grpc_server_span)
         // Bound every request's run time; the client's grpc-timeout wins when it is shorter.
@@ -76,8 +97,8 @@ pub async fn serve(
         .layer(AdminAuthLayer::new(limits.admin_tokens.clone()))
         // Innermost: one admission queue for the whole server (not per connection), answering
         // UNAVAILABLE with a retry hint when it is full.
-        .layer(AdmissionLayer::new(limits.admission.clone()))
-        .add_routes(routes.routes())
+        .layer(admission)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
@@ -108,38 +129,6 @@ fn undecodable_is_invalid_argument(
         );
     }
     response
-}
-
-/// Resolves when the server it was handed to starts shutting down.
-#[derive(Debug)]
-pub struct Stopping(tokio::sync::watch::Receiver<bool>);
-
-impl Stopping {
-    /// Waits for the shutdown.
-    pub async fn wait(mut self) {
-        let _ = self.0.wait_for(|stopping| *stopping).await;
-    }
-}
-
-/// [`serve`], with a background task (a sweeper, a recovery loop) that runs alongside the
-/// server and is stopped, and awaited, once the server has drained.
-pub async fn serve_with_task<F, Fut>(
-    listener: TcpListener,
-    routes: RoutesBuilder,
-    limits: &ServerLimits,
-    shutdown: impl Future<Output = ()> + Send,
-    task: F,
-) -> Result<(), tonic::transport::Error>
-where
-    F: FnOnce(Stopping) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let background = tokio::spawn(task(Stopping(stopping)));
-    let served = serve(listener, routes, limits, shutdown).await;
-    let _ = stop.send(true);
-    let _ = background.await;
-    served
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM, for graceful shutdown.

@@ -1,7 +1,10 @@
 //! Logging, tracing and trace-context propagation.
 //!
-//! [`init_telemetry`] installs a `tracing` subscriber that logs to stderr and, when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, exports spans over OTLP/gRPC. The returned guard flushes
+//! [`init_telemetry`] installs a `tracing` subscriber that logs to stderr (text, or one JSON
+//! object per line with `LOG_FORMAT=json`) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
+//! exports spans over OTLP/gRPC. Each request's span carries `trace_id` (when trace context is
+//! on: OTLP export or JSON logs) and, once known, `order_id`; JSON lines list the fields of
+//! every span they are in, so every line of a request names its trace and its order. The returned guard flushes
 //! the exporter when dropped. W3C trace context (`traceparent`) is injected into every outgoing
 //! gRPC request by [`TracePropagation`] and extracted by [`grpc_server_span`] on the way in, so
 //! an order's spans in the order, store and delivery services form one trace.
@@ -9,7 +12,7 @@
 use opentelemetry::{
     global,
     propagation::{Extractor, Injector},
-    trace::TracerProvider as _,
+    trace::{TraceContextExt as _, TracerProvider as _},
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
@@ -23,17 +26,26 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// Log filter directives (`RUST_LOG`); `info` when unset.
     pub log_filter: Option<String>,
+    /// One JSON object per log line (`LOG_FORMAT=json`) instead of text.
+    pub json_logs: bool,
 }
 
 impl TelemetryConfig {
-    /// Reads `OTEL_EXPORTER_OTLP_ENDPOINT` and `RUST_LOG`.
-    pub fn from_env() -> Self {
-        Self {
+    /// Reads `OTEL_EXPORTER_OTLP_ENDPOINT`, `RUST_LOG` and `LOG_FORMAT` (`text`, the default,
+    /// or `json`).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let json_logs = match std::env::var("LOG_FORMAT").as_deref() {
+            Err(_) | Ok("") | Ok("text") => false,
+            Ok("json") => true,
+            Ok(other) => anyhow::bail!("LOG_FORMAT must be `text` or `json`, not {other:?}"),
+        };
+        Ok(Self {
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
             log_filter: std::env::var("RUST_LOG").ok(),
-        }
+            json_logs,
+        })
     }
 }
 
@@ -60,7 +72,17 @@ pub fn init_telemetry(
 ) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_new(config.log_filter.as_deref().unwrap_or("info"))?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (text, json) = if config.json_logs {
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(std::io::stderr);
+        (None, Some(json))
+    } else {
+        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        (Some(text), None)
+    };
 
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => {
@@ -75,6 +97,12 @@ pub fn init_telemetry(
             global::set_tracer_provider(provider.clone());
             Some(provider)
         }
+        // JSON logs carry trace ids: trace context on, nothing exported.
+        None if config.json_logs => Some(
+            SdkTracerProvider::builder()
+                .with_resource(Resource::builder().with_service_name(service_name).build())
+                .build(),
+        ),
         None => None,
     };
     let otel = provider
@@ -82,7 +110,8 @@ pub fn init_telemetry(
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
     tracing_subscriber::registry()
         .with(filter)
-        .with(fmt)
+        .with(text)
+        .with(json)
         .with(otel)
         .try_init()?;
     Ok(TelemetryGuard { provider })
@@ -155,8 +184,20 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         "grpc.request",
         otel.kind = "server",
         rpc.path = %request.uri().path(),
+        trace_id = tracing::field::Empty,
+        order_id = tracing::field::Empty,
     );
     // Fails only when the span is disabled by the filter; nothing to propagate then.
     let _ = span.set_parent(parent);
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
     span
+}
+
+/// Names the order the current request is about on its `grpc.request` span, so every later
+/// log line of the request carries it.
+pub fn record_order_id(order_id: &str) {
+    tracing::Span::current().record("order_id", order_id);
 }

@@ -1,21 +1,21 @@
-//! The application shell both participant services run: configuration, database, the
-//! reservation gRPC service, the sweeper task, and the server. A participant service adds its
-//! own catalogue/admin services to [`Participant::routes_mut`] and runs it.
+//! What both participant services run: configuration, database, the reservation gRPC service
+//! on the internal listener (callable by the orchestrator only), the sweeper, all on the shared
+//! application shell ([`order_saga_platform::app`]). A participant service adds its own
+//! catalogue and admin services through [`Participant::app_mut`] and runs it.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use order_saga_platform::{
     admission::AdmissionConfig,
+    app::{Audience, ListenAddrs, ListenerTls, Listeners, ServiceApp},
     auth::AdminTokens,
     db::{Db, DbOptions},
     parse_duration,
-    server::{ServerLimits, base_routes, serve_with_task},
+    server::ServerLimits,
+    tls::{KeyPairFiles, MutualTls, ORCHESTRATOR, RequirePeer, ServerTls},
 };
 use order_saga_proto::reservation::v1::reservation_service_server::ReservationServiceServer;
-use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
-use tonic_health::server::HealthReporter;
 
 use crate::{Engine, EngineConfig, MIGRATOR, SweeperConfig, grpc::ReservationGrpc, sweeper};
 
@@ -23,9 +23,32 @@ use crate::{Engine, EngineConfig, MIGRATOR, SweeperConfig, grpc::ReservationGrpc
 /// `<PREFIX>_<FLAG>` (for the store: `STORE_LISTEN_ADDR`, `STORE_DATABASE_URL`, ...).
 #[derive(Debug, Clone, Parser)]
 pub struct ParticipantArgs {
-    /// Address to listen on.
+    /// Address of the public listener (catalogue and availability reads).
     #[arg(long)]
     pub listen_addr: SocketAddr,
+    /// Address of the internal listener (the reservation API, mutual TLS, orchestrator only).
+    #[arg(long)]
+    pub internal_listen_addr: SocketAddr,
+    /// Address of the admin listener (the admin API, bearer tokens).
+    #[arg(long)]
+    pub admin_listen_addr: SocketAddr,
+    /// The cluster CA's certificate: the internal listener accepts only callers it issued a
+    /// certificate to.
+    #[arg(long)]
+    pub internal_ca: PathBuf,
+    /// This service's certificate on the internal listener (issued by the cluster CA for the
+    /// service's name).
+    #[arg(long)]
+    pub internal_cert: PathBuf,
+    /// The key of `internal_cert`.
+    #[arg(long)]
+    pub internal_key: PathBuf,
+    /// A certificate to serve TLS on the public and admin listeners (plaintext without one).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
     #[arg(long)]
     pub database_url: String,
@@ -70,13 +93,16 @@ pub struct ParticipantArgs {
 
 impl ParticipantArgs {
     /// Parses the process arguments, with environment variables `<prefix>_<FLAG>` and the
-    /// given defaults for the address and database.
+    /// given defaults for the addresses (public, internal, admin) and database. Certificates
+    /// default to `data/certs/ca.pem`, `data/certs/<name>.pem` and `data/certs/<name>.key`
+    /// (what `sagactl certs --dir data/certs` writes).
     pub fn parse_with_env_prefix(
         name: &'static str,
         prefix: &'static str,
-        default_addr: &'static str,
+        default_addrs: [&'static str; 3],
         default_db: &'static str,
     ) -> Self {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         let command = Self::command()
             .name(name)
             .mut_args(|arg| {
@@ -84,16 +110,65 @@ impl ParticipantArgs {
                 // Leaked once at start-up: clap keeps &'static names.
                 arg.env(&*Box::leak(var.into_boxed_str()))
             })
-            .mut_arg("listen_addr", |a| a.default_value(default_addr))
-            .mut_arg("database_url", |a| a.default_value(default_db));
+            .mut_arg("listen_addr", |a| {
+                a.default_value(default_addrs[0]).required(false)
+            })
+            .mut_arg("internal_listen_addr", |a| {
+                a.default_value(default_addrs[1]).required(false)
+            })
+            .mut_arg("admin_listen_addr", |a| {
+                a.default_value(default_addrs[2]).required(false)
+            })
+            .mut_arg("internal_ca", |a| {
+                a.default_value("data/certs/ca.pem").required(false)
+            })
+            .mut_arg("internal_cert", |a| {
+                a.default_value(leak(format!("data/certs/{name}.pem")))
+                    .required(false)
+            })
+            .mut_arg("internal_key", |a| {
+                a.default_value(leak(format!("data/certs/{name}.key")))
+                    .required(false)
+            })
+            .mut_arg("database_url", |a| {
+                a.default_value(default_db).required(false)
+            });
         let matches = command.get_matches();
         Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 
-    /// Settings for [`Participant::build`], keeping the address; fails on a token too weak to
-    /// accept.
+    /// The listener addresses.
+    pub fn listen_addrs(&self) -> ListenAddrs {
+        ListenAddrs {
+            public: self.listen_addr,
+            internal: Some(self.internal_listen_addr),
+            admin: self.admin_listen_addr,
+        }
+    }
+
+    /// Settings for [`Participant::build`]; fails on a token too weak to accept or a
+    /// certificate that cannot be read.
     pub fn settings(&self) -> anyhow::Result<ParticipantSettings> {
+        let server_tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(&KeyPairFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?),
+            _ => None,
+        };
+        let tls = ListenerTls {
+            internal: Some(MutualTls::load(
+                &self.internal_ca,
+                &KeyPairFiles {
+                    cert: self.internal_cert.clone(),
+                    key: self.internal_key.clone(),
+                },
+            )?),
+            public: server_tls.clone(),
+            admin: server_tls,
+        };
         Ok(ParticipantSettings {
+            tls,
             database_url: self.database_url.clone(),
             db: DbOptions {
                 max_connections: self.db_max_connections,
@@ -125,9 +200,11 @@ impl ParticipantArgs {
     }
 }
 
-/// Everything a participant needs besides its listener (tests build this directly).
+/// Everything a participant needs besides its listeners (tests build this directly).
 #[derive(Debug, Clone)]
 pub struct ParticipantSettings {
+    /// TLS of each listener (the internal one is required).
+    pub tls: ListenerTls,
     /// Database URL.
     pub database_url: String,
     /// Pool settings.
@@ -141,9 +218,14 @@ pub struct ParticipantSettings {
 }
 
 impl ParticipantSettings {
-    /// Defaults for a database URL (used by tests and tools).
-    pub fn for_database(database_url: impl Into<String>) -> Self {
+    /// Defaults for a database URL and the internal listener's mutual TLS (used by tests and
+    /// tools).
+    pub fn for_database(database_url: impl Into<String>, internal: MutualTls) -> Self {
         Self {
+            tls: ListenerTls {
+                internal: Some(internal),
+                ..ListenerTls::default()
+            },
             database_url: database_url.into(),
             db: DbOptions::default(),
             sweeper: SweeperConfig::default(),
@@ -156,38 +238,42 @@ impl ParticipantSettings {
 /// A participant application, built and ready to run.
 pub struct Participant {
     engine: Engine,
-    listener: TcpListener,
-    routes: RoutesBuilder,
-    health: HealthReporter,
+    app: ServiceApp,
     settings: ParticipantSettings,
 }
 
 impl Participant {
-    /// Connects and migrates the database, binds `listener`, and registers health, reflection
-    /// and the reservation service.
+    /// Connects and migrates the database and serves the reservation API on the internal
+    /// listener, to the orchestrator only.
     pub async fn build(
-        listener: TcpListener,
+        name: &'static str,
+        listeners: Listeners,
         settings: ParticipantSettings,
         unit_prefix: &'static str,
     ) -> anyhow::Result<Self> {
+        let mut app = ServiceApp::new(
+            name,
+            listeners,
+            settings.tls.clone(),
+            settings.limits.clone(),
+        )?;
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
         let config = EngineConfig {
             max_ttl: settings.max_ttl,
             ..EngineConfig::new(unit_prefix)
         };
         let engine = Engine::new(db, config);
-        let (mut routes, health) = base_routes()?;
-        routes.add_service(ReservationServiceServer::new(ReservationGrpc::new(
-            engine.clone(),
-        )));
-        health
-            .set_serving::<ReservationServiceServer<ReservationGrpc>>()
-            .await;
+        app.add(
+            Audience::Internal,
+            ReservationServiceServer::with_interceptor(
+                ReservationGrpc::new(engine.clone()),
+                RequirePeer::new(ORCHESTRATOR),
+            ),
+        )
+        .await;
         Ok(Self {
             engine,
-            listener,
-            routes,
-            health,
+            app,
             settings,
         })
     }
@@ -197,39 +283,34 @@ impl Participant {
         &self.engine
     }
 
-    /// Routes, to add the service's own gRPC services.
-    pub fn routes_mut(&mut self) -> &mut RoutesBuilder {
-        &mut self.routes
+    /// The application shell, to serve the service's own gRPC services
+    /// ([`ServiceApp::add`]).
+    pub fn app_mut(&mut self) -> &mut ServiceApp {
+        &mut self.app
     }
 
-    /// The health reporter, to mark the service's own gRPC services serving.
-    pub fn health(&self) -> &HealthReporter {
-        &self.health
+    /// The bound addresses (useful with port 0).
+    pub fn local_addrs(&self) -> ListenAddrs {
+        self.app.local_addrs()
     }
 
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Runs the sweeper and the server until `shutdown` completes, then drains and closes the
-    /// database pool.
+    /// Runs the sweeper and the listeners until `shutdown` completes, then drains and closes
+    /// the database pool.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "serving");
         let (engine, config) = (self.engine.clone(), self.settings.sweeper.clone());
-        let served = serve_with_task(
-            self.listener,
-            self.routes,
-            &self.settings.limits,
-            shutdown,
-            |stopping| sweeper::run(engine, config, stopping.wait()),
-        )
-        .await;
+        let served = self
+            .app
+            .run(shutdown, |stopping| async move {
+                tokio::join!(
+                    sweeper::run(engine.clone(), config, stopping.clone().wait()),
+                    sweeper::report_units(engine, stopping.wait()),
+                );
+            })
+            .await;
         self.engine.db().close().await;
-        served?;
-        Ok(())
+        served
     }
 }

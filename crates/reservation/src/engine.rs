@@ -229,8 +229,15 @@ impl Queries {
             pool_info: db.sql(&format!(
                 "{counts} WHERE p.pool = $1 GROUP BY p.pool, p.name, p.created_at"
             )),
+            // The page of pools is chosen first, so only its pools' units are counted (through
+            // the index on units(pool, status)), never the whole table.
             list_pools: db.sql(&format!(
-                "{counts} GROUP BY p.pool, p.name, p.created_at ORDER BY p.pool"
+                "{} GROUP BY p.pool, p.name, p.created_at ORDER BY p.pool",
+                counts.replace(
+                    "FROM pools p",
+                    "FROM (SELECT pool, name, created_at FROM pools WHERE pool > $1 \
+                       ORDER BY pool LIMIT $2) p",
+                )
             )),
             insert_pool: db
                 .sql("INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now})"),
@@ -604,9 +611,12 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownPool(pool.to_owned()))
     }
 
-    /// Every pool with its counts, ordered by id.
-    pub async fn list_pools(&self) -> Result<Vec<PoolInfo>, EngineError> {
+    /// Up to `limit` pools with their counts, ordered by id, starting after the pool `after`
+    /// (`""` for the first page). Counting reads only those pools' units.
+    pub async fn list_pools(&self, after: &str, limit: i64) -> Result<Vec<PoolInfo>, EngineError> {
         let rows: Vec<CountsRow> = sqlx::query_as(AssertSqlSafe(self.sql.list_pools.as_str()))
+            .bind(after)
+            .bind(limit)
             .fetch_all(self.db.pool())
             .await?;
         Ok(rows.into_iter().map(pool_info_from_row).collect())

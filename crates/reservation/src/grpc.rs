@@ -34,6 +34,42 @@ impl From<EngineError> for Status {
     }
 }
 
+/// Pools per page of a catalogue listing when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: i64 = 100;
+/// The largest page of a catalogue listing.
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// One page of pools for `ListFoods`/`ListZones`: `page_token` is empty or the last pool id of
+/// the previous page; returns the pools and the token of the next page (empty on the last).
+pub async fn list_page(
+    engine: &Engine,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<crate::PoolInfo>, String), Status> {
+    let size = match i64::from(page_size) {
+        0 => DEFAULT_PAGE_SIZE,
+        n @ 1..=MAX_PAGE_SIZE => n,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "page_size must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+    };
+    if !page_token.is_empty() {
+        validate_id("page_token", page_token, MAX_ID_LEN)
+            .map_err(|_| Status::invalid_argument("page_token is not one this server issued"))?;
+    }
+    // One extra row tells whether another page exists.
+    let mut pools = engine.list_pools(page_token, size + 1).await?;
+    let more = pools.len() as i64 > size;
+    pools.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    let next = match pools.last() {
+        Some(last) if more => last.pool.clone(),
+        _ => String::new(),
+    };
+    Ok((pools, next))
+}
+
 /// Converts a Unix-ms timestamp from the database into a protobuf timestamp.
 pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -78,12 +114,14 @@ impl ReservationService for ReservationGrpc {
     ) -> Result<Response<ReserveResponse>, Status> {
         let req = request.into_inner();
         check_id("order_id", &req.order_id)?;
+        order_saga_platform::telemetry::record_order_id(&req.order_id);
         check_id("pool", &req.pool)?;
         let ttl = req
             .ttl
             .ok_or_else(|| Status::invalid_argument("ttl is required"))
             .and_then(ttl_from_proto)?;
         let reservation = self.engine.reserve(&req.order_id, &req.pool, ttl).await?;
+        tracing::debug!(unit_id = %reservation.unit_id, pool = %req.pool, "reserved");
         Ok(Response::new(ReserveResponse {
             unit_id: reservation.unit_id,
             expires_at: reservation.expires_at_ms.map(timestamp_from_ms),
@@ -96,8 +134,10 @@ impl ReservationService for ReservationGrpc {
     ) -> Result<Response<AssignResponse>, Status> {
         let req = request.into_inner();
         check_id("order_id", &req.order_id)?;
+        order_saga_platform::telemetry::record_order_id(&req.order_id);
         check_id("unit_id", &req.unit_id)?;
         self.engine.assign(&req.order_id, &req.unit_id).await?;
+        tracing::debug!(unit_id = %req.unit_id, "assigned");
         Ok(Response::new(AssignResponse {
             unit_id: req.unit_id,
         }))
@@ -109,7 +149,9 @@ impl ReservationService for ReservationGrpc {
     ) -> Result<Response<ReleaseResponse>, Status> {
         let req = request.into_inner();
         check_id("order_id", &req.order_id)?;
+        order_saga_platform::telemetry::record_order_id(&req.order_id);
         let freed = self.engine.release(&req.order_id).await?;
+        tracing::debug!(unit_id = ?freed, "released");
         Ok(Response::new(ReleaseResponse {
             released_unit_id: freed.unwrap_or_default(),
         }))

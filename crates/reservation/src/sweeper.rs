@@ -36,31 +36,70 @@ impl Default for SweeperConfig {
 /// Sweeps every `interval` until `shutdown` completes. Database errors are logged and the next
 /// sweep tries again, so a database outage does not stop the sweeper.
 pub async fn run(engine: Engine, config: SweeperConfig, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        // Drain in batches so a backlog is cleared within one tick.
-        loop {
-            match engine.sweep(config.batch).await {
-                Ok(freed) if !freed.is_empty() => {
-                    tracing::info!(count = freed.len(), "released expired reservations");
-                    if (freed.len() as i64) < config.batch {
-                        break;
-                    }
-                }
-                Ok(_) => break,
+    order_saga_platform::app::every(config.interval, shutdown, || async {
+        release_expired(&engine, &config).await;
+        forget_old_claims(&engine, &config).await;
+    })
+    .await;
+}
+
+/// Most pools whose unit counts are reported (the rest are left out of the metrics, to bound
+/// their series).
+const REPORTED_POOLS: usize = 1000;
+
+/// Sets the `reservation_units{pool, state}` gauges every 10 s, until `shutdown` completes:
+/// the units of each pool (the first [`REPORTED_POOLS`] by id) that are available, reserved
+/// and assigned.
+pub async fn report_units(engine: Engine, shutdown: impl Future<Output = ()>) {
+    order_saga_platform::app::every(Duration::from_secs(10), shutdown, || async {
+        let mut after = String::new();
+        let mut reported = 0;
+        while reported < REPORTED_POOLS {
+            let page = match engine.list_pools(&after, 500).await {
+                Ok(page) => page,
                 Err(e) => {
-                    tracing::warn!(error = %e, "sweep failed, will retry");
-                    break;
+                    tracing::debug!(error = %e, "reading unit counts for the metrics failed");
+                    return;
+                }
+            };
+            for p in &page {
+                let c = &p.counts;
+                for (state, n) in [
+                    ("available", c.available),
+                    ("reserved", c.reserved),
+                    ("assigned", c.assigned),
+                ] {
+                    metrics::gauge!("reservation_units", "pool" => p.pool.clone(), "state" => state)
+                        .set(n as f64);
                 }
             }
+            reported += page.len();
+            match page.last() {
+                Some(last) if page.len() == 500 => after = last.pool.clone(),
+                _ => return,
+            }
         }
-        forget_old_claims(&engine, &config).await;
+    })
+    .await;
+}
+
+/// Releases expired reservations in batches, so a backlog is cleared within one tick.
+async fn release_expired(engine: &Engine, config: &SweeperConfig) {
+    loop {
+        match engine.sweep(config.batch).await {
+            Ok(freed) if !freed.is_empty() => {
+                tracing::info!(count = freed.len(), "released expired reservations");
+                metrics::counter!("reservation_swept_total").increment(freed.len() as u64);
+                if (freed.len() as i64) < config.batch {
+                    return;
+                }
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweep failed, will retry");
+                return;
+            }
+        }
     }
 }
 

@@ -15,14 +15,11 @@ use order_saga_proto::{
 
 use tonic::transport::Channel;
 
-use crate::client::{Urls, connect, status_error, table};
+use crate::client::{Urls, status_error, table};
 
 /// Adds a food to the catalogue.
 pub async fn create_food(urls: &Urls, food_id: String, name: String) -> anyhow::Result<()> {
-    let mut client = StoreAdminServiceClient::with_interceptor(
-        connect(&urls.store).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = StoreAdminServiceClient::new(urls.admin(&urls.store_admin).await?);
     let food = client
         .create_food(CreateFoodRequest { food_id, name })
         .await
@@ -34,10 +31,7 @@ pub async fn create_food(urls: &Urls, food_id: String, name: String) -> anyhow::
 
 /// Adds packets to a food.
 pub async fn restock(urls: &Urls, food_id: String, count: i64) -> anyhow::Result<()> {
-    let mut client = StoreAdminServiceClient::with_interceptor(
-        connect(&urls.store).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = StoreAdminServiceClient::new(urls.admin(&urls.store_admin).await?);
     let f = client
         .restock(RestockRequest { food_id, count })
         .await
@@ -52,10 +46,7 @@ pub async fn restock(urls: &Urls, food_id: String, count: i64) -> anyhow::Result
 
 /// Adds agents to a zone (created if new).
 pub async fn add_agents(urls: &Urls, zone: String, count: i64) -> anyhow::Result<()> {
-    let mut client = DeliveryAdminServiceClient::with_interceptor(
-        connect(&urls.delivery).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = DeliveryAdminServiceClient::new(urls.admin(&urls.delivery_admin).await?);
     let z = client
         .add_agents(AddAgentsRequest { zone, count })
         .await
@@ -70,10 +61,7 @@ pub async fn add_agents(urls: &Urls, zone: String, count: i64) -> anyhow::Result
 
 /// Marks an agent's delivery done.
 pub async fn complete(urls: &Urls, agent_id: String) -> anyhow::Result<()> {
-    let mut client = DeliveryAdminServiceClient::with_interceptor(
-        connect(&urls.delivery).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = DeliveryAdminServiceClient::new(urls.admin(&urls.delivery_admin).await?);
     let done = client
         .complete_delivery(CompleteDeliveryRequest { agent_id })
         .await
@@ -86,31 +74,53 @@ pub async fn complete(urls: &Urls, agent_id: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every food with its packet counts.
+/// Every food with its packet counts, following the page tokens.
 pub async fn list_foods(store: &mut StoreServiceClient<Channel>) -> anyhow::Result<Vec<Food>> {
-    Ok(store
-        .list_foods(ListFoodsRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .foods)
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = store
+            .list_foods(ListFoodsRequest {
+                page_size: 500,
+                page_token,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        out.extend(page.foods);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
-/// Every zone with its agent counts.
+/// Every zone with its agent counts, following the page tokens.
 pub async fn list_zones(
     delivery: &mut DeliveryServiceClient<Channel>,
 ) -> anyhow::Result<Vec<Zone>> {
-    Ok(delivery
-        .list_zones(ListZonesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .zones)
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = delivery
+            .list_zones(ListZonesRequest {
+                page_size: 500,
+                page_token,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        out.extend(page.zones);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Packets per food, and with `zones_too` agents per zone, by state.
 pub async fn show_availability(urls: &Urls, zones_too: bool) -> anyhow::Result<()> {
-    let mut store = StoreServiceClient::new(connect(&urls.store).await?);
+    let mut store = StoreServiceClient::new(urls.connect(&urls.store).await?);
     let foods = list_foods(&mut store).await?;
     let mut t = table(&["food", "name", "available", "reserved", "assigned"]);
     for f in &foods {
@@ -124,7 +134,7 @@ pub async fn show_availability(urls: &Urls, zones_too: bool) -> anyhow::Result<(
     }
     println!("{t}");
     if zones_too {
-        let mut delivery = DeliveryServiceClient::new(connect(&urls.delivery).await?);
+        let mut delivery = DeliveryServiceClient::new(urls.connect(&urls.delivery).await?);
         let zones = list_zones(&mut delivery).await?;
         let mut t = table(&["zone", "available", "reserved", "assigned"]);
         for z in &zones {
@@ -150,18 +160,20 @@ const DEMO_ZONES: &[(&str, i64)] = &[("north", 5), ("south", 3)];
 
 /// Creates the demo catalogue and fleet if the store has no food yet.
 pub async fn seed(urls: &Urls) -> anyhow::Result<()> {
-    let channel = connect(&urls.store).await?;
-    let foods = StoreServiceClient::new(channel.clone())
-        .list_foods(ListFoodsRequest {})
+    let foods = StoreServiceClient::new(urls.connect(&urls.store).await?)
+        .list_foods(ListFoodsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
         .await
         .map_err(status_error)?
         .into_inner()
         .foods;
     if !foods.is_empty() {
-        println!("store already has {} food(s); not seeding", foods.len());
+        println!("store already has foods; not seeding");
         return Ok(());
     }
-    let mut admin = StoreAdminServiceClient::with_interceptor(channel, urls.admin_credential()?);
+    let mut admin = StoreAdminServiceClient::new(urls.admin(&urls.store_admin).await?);
     for (id, name, count) in DEMO_FOODS {
         admin
             .create_food(CreateFoodRequest {
@@ -178,10 +190,7 @@ pub async fn seed(urls: &Urls) -> anyhow::Result<()> {
             .await
             .map_err(status_error)?;
     }
-    let mut delivery = DeliveryAdminServiceClient::with_interceptor(
-        connect(&urls.delivery).await?,
-        urls.admin_credential()?,
-    );
+    let mut delivery = DeliveryAdminServiceClient::new(urls.admin(&urls.delivery_admin).await?);
     for (zone, count) in DEMO_ZONES {
         delivery
             .add_agents(AddAgentsRequest {

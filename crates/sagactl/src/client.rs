@@ -1,18 +1,26 @@
 //! Connecting, printing, and retrying: what every command shares.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use order_saga_proto::order::v1::{NotPlacedReason, Order, OrderState};
 use order_saga_saga::{BearerToken, ClientRetry, client_retry};
 use tokio::time::Instant;
-use tonic::{Status, transport::Channel};
+use tonic::{
+    Status,
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
-/// Where the three services are.
+/// A channel that sends the admin credential.
+pub type AdminChannel = InterceptedService<Channel, BearerToken>;
+
+/// Where the services' public and admin listeners are (`https://` URLs are verified against
+/// `--tls-ca`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Urls {
-    /// Order service URL.
+    /// The order service's public listener.
     #[arg(
         long,
         global = true,
@@ -20,7 +28,7 @@ pub struct Urls {
         default_value = "http://127.0.0.1:50051"
     )]
     pub order: String,
-    /// Store service URL.
+    /// The store's public listener.
     #[arg(
         long,
         global = true,
@@ -28,7 +36,7 @@ pub struct Urls {
         default_value = "http://127.0.0.1:50052"
     )]
     pub store: String,
-    /// Delivery service URL.
+    /// Delivery's public listener.
     #[arg(
         long,
         global = true,
@@ -36,6 +44,38 @@ pub struct Urls {
         default_value = "http://127.0.0.1:50053"
     )]
     pub delivery: String,
+    /// The order service's admin listener.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_ORDER_ADMIN_URL",
+        default_value = "http://127.0.0.1:50251"
+    )]
+    pub order_admin: String,
+    /// The store's admin listener.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_STORE_ADMIN_URL",
+        default_value = "http://127.0.0.1:50252"
+    )]
+    pub store_admin: String,
+    /// Delivery's admin listener.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_DELIVERY_ADMIN_URL",
+        default_value = "http://127.0.0.1:50253"
+    )]
+    pub delivery_admin: String,
+    /// The CA certificate that `https://` servers must present a certificate from.
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_TLS_CA",
+        default_value = "data/certs/ca.pem"
+    )]
+    pub tls_ca: PathBuf,
     /// Bearer token for the admin commands (default: the contents of `data/admin.token`,
     /// which `make run` writes).
     #[arg(
@@ -62,19 +102,35 @@ impl Urls {
         };
         BearerToken::new(token.as_deref()).map_err(anyhow::Error::msg)
     }
+
+    /// A channel to `url`: TLS verified against `--tls-ca` when it is `https://`.
+    pub async fn connect(&self, url: &str) -> anyhow::Result<Channel> {
+        let mut endpoint = Channel::from_shared(url.to_owned())
+            .with_context(|| format!("invalid URL {url}"))?
+            .connect_timeout(Duration::from_secs(3));
+        if url.starts_with("https://") {
+            let ca = std::fs::read(&self.tls_ca)
+                .with_context(|| format!("read the CA {} (--tls-ca)", self.tls_ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {url}"))
+    }
+
+    /// A channel to an admin listener that sends the admin credential.
+    pub async fn admin(&self, url: &str) -> anyhow::Result<AdminChannel> {
+        Ok(InterceptedService::new(
+            self.connect(url).await?,
+            self.admin_credential()?,
+        ))
+    }
 }
 
 pub fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
-pub async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(url.to_owned())
-        .with_context(|| format!("invalid URL {url}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
 }
 
 pub fn table(header: &[&str]) -> Table {
@@ -137,9 +193,9 @@ pub fn retry_after_error(status: &Status, give_up: Instant) -> ClientRetry {
 }
 
 /// Exit 0 when the gRPC server at `url` reports SERVING within `timeout`.
-pub async fn health(url: &str, timeout: Duration) -> anyhow::Result<()> {
+pub async fn health(urls: &Urls, url: &str, timeout: Duration) -> anyhow::Result<()> {
     let probe = async {
-        let channel = connect(url).await?;
+        let channel = urls.connect(url).await?;
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let status = client
             .check(tonic_health::pb::HealthCheckRequest {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use order_saga_saga::ClientRetry;
 
-use crate::client::{Urls, connect, retry_after_error, state_name};
+use crate::client::{Urls, retry_after_error, state_name};
 
 /// What to place (the flags of `sagactl place-many`).
 #[derive(Debug, clap::Args)]
@@ -87,7 +87,7 @@ pub async fn run(urls: &Urls, load: Load) -> anyhow::Result<()> {
         .key_prefix
         .clone()
         .unwrap_or_else(|| format!("load-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-    let client = OrderServiceClient::new(connect(&urls.order).await?);
+    let client = OrderServiceClient::new(urls.connect(&urls.order).await?);
     let started = Instant::now();
     let permits = Arc::new(tokio::sync::Semaphore::new(load.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();

@@ -91,6 +91,11 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: i32,
     },
+    /// How one order's saga got where it is: every write, with its calls, codes and instance.
+    History {
+        /// The order id.
+        order_id: String,
+    },
     /// Drive one unfinished saga now.
     Redrive {
         /// The order id.
@@ -119,6 +124,37 @@ enum Cmd {
         #[arg(long, default_value = "3s", value_parser = client::humantime_duration)]
         timeout: Duration,
     },
+    /// Create a throwaway cluster CA and a certificate for each service (`ca.pem`,
+    /// `order.pem`/`.key`, `store.pem`/`.key`, `delivery.pem`/`.key`) for the internal API's
+    /// mutual TLS. The CA's key is not kept.
+    Certs {
+        /// Where to write them.
+        #[arg(long, default_value = "data/certs")]
+        dir: std::path::PathBuf,
+        /// Replace certificates that are already there.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The services a cluster's CA issues certificates to.
+const SERVICES: [&str; 3] = ["order", "store", "delivery"];
+
+fn certs(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    use order_saga_platform::tls::ClusterCa;
+    if dir.join("ca.pem").exists() && !force {
+        anyhow::bail!(
+            "{} already holds a CA; pass --force to replace it and every certificate",
+            dir.display()
+        );
+    }
+    ClusterCa::generate("order-saga cluster CA")?.write(dir, &SERVICES)?;
+    println!(
+        "wrote a new CA and certificates for {} to {}",
+        SERVICES.join(", "),
+        dir.display()
+    );
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,12 +218,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Agents(AgentCmd::Complete { agent_id }) => catalogue::complete(urls, agent_id).await,
         Cmd::Stuck { limit } => orders::stuck(urls, limit).await,
+        Cmd::History { order_id } => orders::history(urls, order_id).await,
         Cmd::Redrive { order_id } => orders::redrive(urls, order_id).await,
         Cmd::ForceFail { order_id } => orders::force_fail(urls, order_id).await,
         Cmd::Seed => catalogue::seed(urls).await,
         Cmd::PlaceMany(load) => load::run(urls, load).await,
         Cmd::Verify { wait } => verify::verify(urls, wait).await,
-        Cmd::Health { url, timeout } => client::health(&url, timeout).await,
+        Cmd::Health { url, timeout } => client::health(urls, &url, timeout).await,
+        Cmd::Certs { dir, force } => certs(&dir, force),
     }
 }
 

@@ -3,16 +3,15 @@
 use std::time::Duration;
 
 use order_saga_proto::order::v1::{
-    ForceFailOrderRequest, GetOrderRequest, ListOrdersRequest, ListStuckOrdersRequest, Order,
-    OrderState, PlaceOrderRequest, RedriveOrderRequest,
+    ForceFailOrderRequest, GetOrderHistoryRequest, GetOrderRequest, ListOrdersRequest,
+    ListStuckOrdersRequest, Order, OrderState, PlaceOrderRequest, RedriveOrderRequest,
     order_admin_service_client::OrderAdminServiceClient, order_service_client::OrderServiceClient,
 };
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use order_saga_saga::ClientRetry;
 
-use crate::client::{Urls, connect, print_orders, retry_after_error, status_error, table};
+use crate::client::{AdminChannel, Urls, print_orders, retry_after_error, status_error, table};
 
 /// Places one order and waits for its outcome, retrying busy and not-final answers with the
 /// same key for up to `retry_for`.
@@ -24,7 +23,7 @@ pub async fn place(
     key: Option<String>,
     retry_for: Duration,
 ) -> anyhow::Result<()> {
-    let mut client = OrderServiceClient::new(connect(&urls.order).await?);
+    let mut client = OrderServiceClient::new(urls.connect(&urls.order).await?);
     let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple()));
     let request = PlaceOrderRequest {
         idempotency_key: key.clone(),
@@ -67,7 +66,7 @@ pub async fn place(
 
 /// Shows one order.
 pub async fn get(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderServiceClient::new(connect(&urls.order).await?);
+    let mut client = OrderServiceClient::new(urls.connect(&urls.order).await?);
     let order = client
         .get_order(GetOrderRequest { order_id })
         .await
@@ -82,7 +81,7 @@ pub async fn get(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Lists orders, newest first.
 pub async fn list(urls: &Urls, state: Option<OrderState>, limit: usize) -> anyhow::Result<()> {
-    let mut client = OrderServiceClient::new(connect(&urls.order).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
     let orders = list_orders(&mut client, state, limit).await?;
     print_orders(&orders);
     Ok(())
@@ -90,7 +89,7 @@ pub async fn list(urls: &Urls, state: Option<OrderState>, limit: usize) -> anyho
 
 /// Up to `limit` orders (in `state`), following the page tokens.
 pub async fn list_orders(
-    client: &mut OrderServiceClient<Channel>,
+    client: &mut OrderAdminServiceClient<AdminChannel>,
     state: Option<OrderState>,
     limit: usize,
 ) -> anyhow::Result<Vec<Order>> {
@@ -117,10 +116,7 @@ pub async fn list_orders(
 
 /// Unfinished sagas with their step, attempts, last error, lease and epoch.
 pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::with_interceptor(
-        connect(&urls.order).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
     let sagas = client
         .list_stuck_orders(ListStuckOrdersRequest { limit })
         .await
@@ -153,12 +149,74 @@ pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints one order's saga history: every write, oldest first, with the time since the
+/// previous one, its calls and their codes.
+pub async fn history(urls: &Urls, order_id: String) -> anyhow::Result<()> {
+    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let events = client
+        .get_order_history(GetOrderHistoryRequest {
+            order_id: order_id.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .events;
+    let mut t = table(&[
+        "#", "time", "+ms", "epoch", "instance", "kind", "phase", "calls", "packet", "agent",
+        "error",
+    ]);
+    let mut previous = None;
+    for e in &events {
+        let at =
+            e.at.as_ref()
+                .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+                .unwrap_or_default();
+        let time = chrono::DateTime::from_timestamp_millis(at)
+            .map(|t| t.format("%H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        let since = previous
+            .map(|p: i64| (at - p).to_string())
+            .unwrap_or_default();
+        previous = Some(at);
+        let phase = if e.phase_from.is_empty() || e.phase_from == e.phase_to {
+            e.phase_to.clone()
+        } else {
+            format!("{} -> {}", e.phase_from, e.phase_to)
+        };
+        let calls = e
+            .calls
+            .iter()
+            .map(|c| {
+                let ms = c
+                    .latency
+                    .map(|d| d.seconds * 1000 + i64::from(d.nanos / 1_000_000))
+                    .unwrap_or_default();
+                format!("{} {} {} {ms}ms", c.side, c.call, c.code)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        t.add_row(vec![
+            e.seq.to_string(),
+            time,
+            since,
+            e.epoch.to_string(),
+            e.instance.clone(),
+            e.kind.clone(),
+            phase,
+            calls,
+            e.packet_id.clone(),
+            e.agent_id.clone(),
+            e.error.clone(),
+        ]);
+    }
+    println!("{t}");
+    println!("{} event(s) for {order_id} (times UTC)", events.len());
+    Ok(())
+}
+
 /// Drives one unfinished saga now.
 pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::with_interceptor(
-        connect(&urls.order).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
     let order = client
         .redrive_order(RedriveOrderRequest { order_id })
         .await
@@ -170,10 +228,7 @@ pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Gives up on one unfinished order: NOT_PLACED, both sides released.
 pub async fn force_fail(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::with_interceptor(
-        connect(&urls.order).await?,
-        urls.admin_credential()?,
-    );
+    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
     let order = client
         .force_fail_order(ForceFailOrderRequest { order_id })
         .await

@@ -8,21 +8,21 @@ use std::{
 use anyhow::bail;
 use order_saga_proto::{
     delivery::v1::delivery_service_client::DeliveryServiceClient,
-    order::v1::{Order, OrderState, order_service_client::OrderServiceClient},
+    order::v1::{Order, OrderState, order_admin_service_client::OrderAdminServiceClient},
     store::v1::store_service_client::StoreServiceClient,
 };
 
 use crate::{
     catalogue::{list_foods, list_zones},
-    client::{Urls, connect},
+    client::Urls,
     orders::list_orders,
 };
 
 /// Checks invariants 1-3 of docs/design.md as far as the public APIs show them.
 pub async fn verify(urls: &Urls, wait: Duration) -> anyhow::Result<()> {
-    let mut orders_client = OrderServiceClient::new(connect(&urls.order).await?);
-    let mut store = StoreServiceClient::new(connect(&urls.store).await?);
-    let mut delivery = DeliveryServiceClient::new(connect(&urls.delivery).await?);
+    let mut orders_client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut store = StoreServiceClient::new(urls.connect(&urls.store).await?);
+    let mut delivery = DeliveryServiceClient::new(urls.connect(&urls.delivery).await?);
     let give_up = Instant::now() + wait;
     // Wait for quiet: no pending order and no live reservation.
     let (orders, foods, zones) = loop {

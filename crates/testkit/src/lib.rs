@@ -5,9 +5,11 @@
 //! - [`procs`]: the three services as real processes (so `SIGKILL` is a real crash), each link
 //!   through a proxy, with per-process failpoints through the `FAILPOINTS` variable.
 //! - [`invariants`]: docs/design.md's five invariants, checked by reading all three databases.
+//! - [`http`]: a tiny HTTP/1.1 client (metrics scrapes, the console, WebDriver).
 //! - [`campaign`]: the randomized chaos campaign behind `make chaos` (the `chaos` binary of `crates/harness`).
 
 pub mod campaign;
+pub mod http;
 pub mod invariants;
 pub mod pg;
 pub mod procs;

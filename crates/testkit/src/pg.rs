@@ -49,11 +49,42 @@ pub fn find_bin() -> anyhow::Result<PathBuf> {
     bail!("initdb/pg_ctl not found: install PostgreSQL (Debian: apt-get install postgresql)")
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a child process to listen on later.
+///
+/// Asking the kernel for port 0 and passing the number on is racy: until the child binds
+/// it, the kernel may hand the same port to anyone else who binds port 0 or opens an
+/// outgoing connection (both draw from the ephemeral range), and the child then dies with
+/// "address in use". So ports come from below the ephemeral range, where the kernel never
+/// allocates on its own, and each one is handed out at most once per test process.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    let last = ephemeral_range_start().max(FIRST + 1_000);
+    let span = last - FIRST;
+    // Start each process at its own offset, so concurrent test binaries rarely meet.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {FIRST} and {last}")
+}
+
+/// The first port of the kernel's ephemeral range (Linux default 32768).
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn is_root() -> bool {

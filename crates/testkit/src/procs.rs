@@ -12,6 +12,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use order_saga_platform::tls::{ClusterCa, KeyPairFiles, MutualTls};
+use order_saga_proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use order_saga_proto::{
     delivery::v1::{AddAgentsRequest, delivery_admin_service_client::DeliveryAdminServiceClient},
     order::v1::{
@@ -81,43 +83,67 @@ pub struct Process {
     bin: PathBuf,
     env: BTreeMap<String, String>,
     log: PathBuf,
-    /// URL of its gRPC server.
+    /// URL of its public listener.
     pub url: String,
+    /// URL of its admin listener.
+    pub admin_url: String,
+    /// URL of its internal listener (participants; `https://`, mutual TLS).
+    pub internal_url: Option<String>,
+    /// Prefix of its environment variables (`STORE`, `ORDER`, ...).
+    prefix: String,
     child: Option<Child>,
     paused: bool,
 }
 
 impl Process {
+    /// A process of `bin` whose listeners get fresh ports, set in its environment
+    /// (`<prefix>_LISTEN_ADDR`, `_ADMIN_LISTEN_ADDR`, with `internal` `_INTERNAL_LISTEN_ADDR`).
     fn new(
         name: &str,
+        prefix: &str,
         bin: PathBuf,
-        env: BTreeMap<String, String>,
+        mut env: BTreeMap<String, String>,
         log: PathBuf,
-        url: String,
-    ) -> Self {
-        Self {
+        internal: bool,
+    ) -> anyhow::Result<Self> {
+        let mut listen = |var: &str| -> anyhow::Result<u16> {
+            let port = free_port()?;
+            env.insert(format!("{prefix}_{var}"), format!("127.0.0.1:{port}"));
+            Ok(port)
+        };
+        let public = listen("LISTEN_ADDR")?;
+        let admin = listen("ADMIN_LISTEN_ADDR")?;
+        let internal_url = if internal {
+            let port = listen("INTERNAL_LISTEN_ADDR")?;
+            Some(format!("https://127.0.0.1:{port}"))
+        } else {
+            None
+        };
+        Ok(Self {
             name: name.to_owned(),
             bin,
             env,
             log,
-            url,
+            url: format!("http://127.0.0.1:{public}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+            internal_url,
+            prefix: prefix.to_owned(),
             child: None,
             paused: false,
-        }
+        })
     }
 
-    /// Another instance of the same service on `port` (same database and settings), e.g. a
-    /// second store whose sweeper races this one's. `listen_var` is its address variable.
-    pub fn sibling(&self, name: &str, listen_var: &str, port: u16) -> Self {
-        let mut env = self.env.clone();
-        env.insert(listen_var.to_owned(), format!("127.0.0.1:{port}"));
+    /// Another instance of the same service on fresh ports (same database and settings), e.g.
+    /// a second store whose sweeper races this one's.
+    pub fn sibling(&self, name: &str) -> anyhow::Result<Self> {
         let log = self.log.with_file_name(format!("{name}.log"));
         Self::new(
             name,
+            &self.prefix,
             self.bin.clone(),
-            env,
+            self.env.clone(),
             log,
-            format!("http://127.0.0.1:{port}"),
+            self.internal_url.is_some(),
         )
     }
 
@@ -271,6 +297,8 @@ pub struct ProcConfig {
     pub sweep_interval: Duration,
     /// `ORDER_PLACE_TIMEOUT`.
     pub place_timeout: Duration,
+    /// More environment for every process (for example `LOG_FORMAT=json`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ProcConfig {
@@ -284,12 +312,29 @@ impl Default for ProcConfig {
             call_timeout: Duration::from_secs(1),
             sweep_interval: Duration::from_millis(200),
             place_timeout: Duration::from_secs(20),
+            env: Vec::new(),
         }
     }
 }
 
 fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
+}
+
+/// The settings that give service `name` its certificates from `cert_dir` (as
+/// [`ClusterCa::write`] lays them out): `<NAME>_INTERNAL_CA`, `_INTERNAL_CERT`, `_INTERNAL_KEY`.
+pub fn identity_env(cert_dir: &Path, name: &str) -> [(String, String); 3] {
+    let prefix = name.to_uppercase();
+    let files = KeyPairFiles::in_dir(cert_dir, name);
+    let path = |p: &Path| p.display().to_string();
+    [
+        (
+            format!("{prefix}_INTERNAL_CA"),
+            path(&cert_dir.join("ca.pem")),
+        ),
+        (format!("{prefix}_INTERNAL_CERT"), path(&files.cert)),
+        (format!("{prefix}_INTERNAL_KEY"), path(&files.key)),
+    ]
 }
 
 /// Splits `total` units into calls of at most the engine's per-call limit.
@@ -319,6 +364,10 @@ pub struct ProcCluster {
     pub log_dir: PathBuf,
     /// The operator token every process of this cluster accepts (random per cluster).
     admin: BearerToken,
+    /// The orchestrator's identity on the internal API (for tests that act as it).
+    orchestrator_tls: MutualTls,
+    /// Where the cluster CA's certificates are (`ca.pem`, `<service>.pem`, `<service>.key`).
+    pub cert_dir: PathBuf,
 }
 
 impl ProcCluster {
@@ -338,14 +387,13 @@ impl ProcCluster {
         std::fs::create_dir_all(&log_dir)?;
         let pg_addr: SocketAddr = ([127, 0, 0, 1], pg.port()).into();
         let mut links = BTreeMap::new();
-        let store_port = free_port()?;
-        let delivery_port = free_port()?;
-        let store_addr: SocketAddr = ([127, 0, 0, 1], store_port).into();
-        let delivery_addr: SocketAddr = ([127, 0, 0, 1], delivery_port).into();
+        let cert_dir = pg.dir().join("certs");
+        ClusterCa::generate("test cluster CA")?
+            .write(&cert_dir, &["order", "store", "delivery"])?;
 
         let admin_token = format!("op-{}", uuid::Uuid::new_v4().simple());
         let common = |name: &str| {
-            BTreeMap::from([
+            let mut env = BTreeMap::from([
                 ("RUST_LOG".to_owned(), "info,sqlx=warn".to_owned()),
                 ("NO_COLOR".to_owned(), "1".to_owned()),
                 ("OTEL_SERVICE_NAME".to_owned(), name.to_owned()),
@@ -353,13 +401,15 @@ impl ProcCluster {
                     format!("{}_ADMIN_TOKEN", name.to_uppercase()),
                     admin_token.clone(),
                 ),
-            ])
+            ]);
+            env.extend(identity_env(&cert_dir, name));
+            env.extend(config.env.iter().cloned());
+            env
         };
-        let participant = |name: &str, prefix: &str, port: u16| {
+        let participant = |name: &str, prefix: &str| {
             let link = format!("{name}-pg");
             let proxy_port = free_port()?;
             let mut env = common(name);
-            env.insert(format!("{prefix}_LISTEN_ADDR"), format!("127.0.0.1:{port}"));
             env.insert(
                 format!("{prefix}_DATABASE_URL"),
                 pg.url_via(proxy_port, name),
@@ -372,16 +422,23 @@ impl ProcCluster {
             anyhow::Ok((
                 Process::new(
                     name,
+                    prefix,
                     config.bin_dir.join(name),
                     env,
                     log_dir.join(format!("{name}.log")),
-                    format!("http://127.0.0.1:{port}"),
-                ),
+                    true,
+                )?,
                 (link, proxy_port),
             ))
         };
-        let (mut store, store_link) = participant("store", "STORE", store_port)?;
-        let (mut delivery, delivery_link) = participant("delivery", "DELIVERY", delivery_port)?;
+        let (mut store, store_link) = participant("store", "STORE")?;
+        let (mut delivery, delivery_link) = participant("delivery", "DELIVERY")?;
+        let internal_addr = |p: &Process| -> anyhow::Result<SocketAddr> {
+            let url = p.internal_url.as_deref().context("no internal listener")?;
+            Ok(url.trim_start_matches("https://").parse()?)
+        };
+        let store_addr = internal_addr(&store)?;
+        let delivery_addr = internal_addr(&delivery)?;
         for (link, port) in [store_link, delivery_link] {
             links.insert(link, FaultProxy::start_on(port, pg_addr).await?);
         }
@@ -389,23 +446,21 @@ impl ProcCluster {
         let mut orders = Vec::new();
         for i in 0..config.order_instances.max(1) {
             let name = format!("order{i}");
-            let port = free_port()?;
             let pg_link = FaultProxy::start(pg_addr).await?;
             let store_link = FaultProxy::start(store_addr).await?;
             let delivery_link = FaultProxy::start(delivery_addr).await?;
             let mut env = common("order");
-            env.insert("ORDER_LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
             env.insert(
                 "ORDER_DATABASE_URL".into(),
                 pg.url_via(pg_link.addr().port(), "orders"),
             );
             env.insert(
                 "ORDER_STORE_URL".into(),
-                format!("http://{}", store_link.addr()),
+                format!("https://{}", store_link.addr()),
             );
             env.insert(
                 "ORDER_DELIVERY_URL".into(),
-                format!("http://{}", delivery_link.addr()),
+                format!("https://{}", delivery_link.addr()),
             );
             env.insert("ORDER_RESERVATION_TTL".into(), ms(config.reservation_ttl));
             env.insert("ORDER_LEASE".into(), ms(config.lease));
@@ -422,11 +477,12 @@ impl ProcCluster {
             links.insert(format!("{name}-delivery"), delivery_link);
             orders.push(Process::new(
                 &name,
+                "ORDER",
                 config.bin_dir.join("order"),
                 env,
                 log_dir.join(format!("{name}.log")),
-                format!("http://127.0.0.1:{port}"),
-            ));
+                false,
+            )?);
         }
 
         store.start_healthy("").await?;
@@ -443,7 +499,27 @@ impl ProcCluster {
             stock: Stock::new(),
             log_dir,
             admin: BearerToken::new(Some(&admin_token)).map_err(anyhow::Error::msg)?,
+            orchestrator_tls: MutualTls::load(
+                &cert_dir.join("ca.pem"),
+                &KeyPairFiles::in_dir(&cert_dir, "order"),
+            )?,
+            cert_dir,
         })
+    }
+
+    /// A reservation client of the participant `p` (store or delivery) holding the
+    /// orchestrator's certificate, straight to its internal listener: a test acting as the
+    /// orchestrator.
+    pub async fn reservation_client(
+        &self,
+        p: &Process,
+    ) -> anyhow::Result<ReservationServiceClient<Channel>> {
+        let url = p.internal_url.clone().context("not a participant")?;
+        let channel = self
+            .orchestrator_tls
+            .connect(url, &p.prefix.to_lowercase())
+            .await?;
+        Ok(ReservationServiceClient::new(channel))
     }
 
     /// Database URLs, connecting directly (not through the proxies).
@@ -466,6 +542,12 @@ impl ProcCluster {
             .connect_lazy())
     }
 
+    fn order_admin_channel(&self, i: usize) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.orders[i].admin_url.clone())?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy())
+    }
+
     /// A client of order instance `i`.
     pub async fn order_client(&self, i: usize) -> anyhow::Result<OrderServiceClient<Channel>> {
         Ok(OrderServiceClient::new(self.order_channel(i)?))
@@ -477,7 +559,7 @@ impl ProcCluster {
         i: usize,
     ) -> anyhow::Result<OrderAdminServiceClient<InterceptedService<Channel, BearerToken>>> {
         Ok(OrderAdminServiceClient::with_interceptor(
-            self.order_channel(i)?,
+            self.order_admin_channel(i)?,
             self.admin.clone(),
         ))
     }
@@ -498,7 +580,7 @@ impl ProcCluster {
 
     /// Creates a food with `packets` packets (straight to the store, not through a proxy).
     pub async fn add_food(&mut self, food: &str, packets: i64) -> anyhow::Result<()> {
-        let channel = Channel::from_shared(self.store.url.clone())?
+        let channel = Channel::from_shared(self.store.admin_url.clone())?
             .connect()
             .await?;
         let mut admin = StoreAdminServiceClient::with_interceptor(channel, self.admin.clone());
@@ -514,7 +596,7 @@ impl ProcCluster {
 
     /// Adds packets to a food, in calls of at most the engine's limit.
     pub async fn restock(&mut self, food: &str, packets: i64) -> anyhow::Result<()> {
-        let channel = Channel::from_shared(self.store.url.clone())?
+        let channel = Channel::from_shared(self.store.admin_url.clone())?
             .connect()
             .await?;
         let mut admin = StoreAdminServiceClient::with_interceptor(channel, self.admin.clone());
@@ -531,7 +613,7 @@ impl ProcCluster {
 
     /// Adds agents to a zone, in calls of at most the engine's limit.
     pub async fn add_agents(&mut self, zone: &str, agents: i64) -> anyhow::Result<()> {
-        let channel = Channel::from_shared(self.delivery.url.clone())?
+        let channel = Channel::from_shared(self.delivery.admin_url.clone())?
             .connect()
             .await?;
         let mut admin = DeliveryAdminServiceClient::with_interceptor(channel, self.admin.clone());

@@ -4,7 +4,10 @@
 //! `reservation.v1.ReservationService` (from the engine crate) plus delivery's own availability
 //! (`delivery.v1.DeliveryService`) and fleet administration (`delivery.v1.DeliveryAdminService`).
 
-use order_saga_platform::validate_id;
+use order_saga_platform::{
+    app::{Audience, Listeners},
+    validate_id,
+};
 use order_saga_proto::delivery::v1::{
     AddAgentsRequest, CompleteDeliveryRequest, CompleteDeliveryResponse, GetZoneRequest,
     ListZonesRequest, ListZonesResponse, Zone,
@@ -15,32 +18,31 @@ use order_saga_reservation::{
     Engine, EngineError, PoolInfo,
     app::{Participant, ParticipantSettings},
     check_unit_count,
-    grpc::MAX_ID_LEN,
+    grpc::{MAX_ID_LEN, list_page},
 };
 use order_saga_saga::Refusal;
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 /// Prefix of agent ids.
 pub const AGENT_PREFIX: &str = "agent";
 
-/// Builds the delivery service on `listener`.
+/// Builds the delivery service: the reservation API on the internal listener, the
+/// availability reads on the public one (and on the internal one, for the orchestrator's existence
+/// check), administration on the admin listener.
 pub async fn build(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: ParticipantSettings,
 ) -> anyhow::Result<Participant> {
-    let mut app = Participant::build(listener, settings, AGENT_PREFIX).await?;
+    let mut app = Participant::build("delivery", listeners, settings, AGENT_PREFIX).await?;
     let api = DeliveryApi {
         engine: app.engine().clone(),
     };
-    app.routes_mut()
-        .add_service(DeliveryServiceServer::new(api.clone()))
-        .add_service(DeliveryAdminServiceServer::new(api));
-    app.health()
-        .set_serving::<DeliveryServiceServer<DeliveryApi>>()
-        .await;
-    app.health()
-        .set_serving::<DeliveryAdminServiceServer<DeliveryApi>>()
+    app.app_mut()
+        .add(Audience::Public, DeliveryServiceServer::new(api.clone()))
+        .await
+        .add(Audience::Internal, DeliveryServiceServer::new(api.clone()))
+        .await
+        .add(Audience::Admin, DeliveryAdminServiceServer::new(api))
         .await;
     Ok(app)
 }
@@ -85,11 +87,14 @@ impl DeliveryService for DeliveryApi {
 
     async fn list_zones(
         &self,
-        _request: Request<ListZonesRequest>,
+        request: Request<ListZonesRequest>,
     ) -> Result<Response<ListZonesResponse>, Status> {
-        let pools = self.engine.list_pools().await.map_err(status)?;
+        let req = request.into_inner();
+        let (pools, next_page_token) =
+            list_page(&self.engine, req.page_size, &req.page_token).await?;
         Ok(Response::new(ListZonesResponse {
             zones: pools.into_iter().map(zone).collect(),
+            next_page_token,
         }))
     }
 }

@@ -1,11 +1,16 @@
 //! Order service configuration: flags, or environment variables `ORDER_<FLAG>`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use order_saga_platform::{
-    admission::AdmissionConfig, auth::AdminTokens, db::DbOptions, parse_duration,
+    admission::AdmissionConfig,
+    app::{ListenAddrs, ListenerTls},
+    auth::AdminTokens,
+    db::DbOptions,
+    parse_duration,
     server::ServerLimits,
+    tls::{KeyPairFiles, MutualTls, ServerTls},
 };
 
 use crate::{orchestrator::SagaConfig, recovery::RecoveryConfig};
@@ -14,9 +19,16 @@ use crate::{orchestrator::SagaConfig, recovery::RecoveryConfig};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "order", about = "The order-saga orchestrator service", version)]
 pub struct OrderArgs {
-    /// Address to listen on.
+    /// Address of the public listener (the order API).
     #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
+    /// Address of the admin listener (the admin API, bearer tokens).
+    #[arg(
+        long,
+        env = "ORDER_ADMIN_LISTEN_ADDR",
+        default_value = "127.0.0.1:50251"
+    )]
+    pub admin_listen_addr: SocketAddr,
     /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
     #[arg(
         long,
@@ -30,20 +42,44 @@ pub struct OrderArgs {
     /// Wait for a pooled connection before answering UNAVAILABLE.
     #[arg(long, env = "ORDER_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
-    /// The store service.
+    /// The store's internal listener (`https://`: mutual TLS).
     #[arg(
         long,
         env = "ORDER_STORE_URL",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "https://127.0.0.1:50152"
     )]
     pub store_url: String,
-    /// The delivery service.
+    /// Delivery's internal listener (`https://`: mutual TLS).
     #[arg(
         long,
         env = "ORDER_DELIVERY_URL",
-        default_value = "http://127.0.0.1:50053"
+        default_value = "https://127.0.0.1:50153"
     )]
     pub delivery_url: String,
+    /// The cluster CA's certificate: participants must present a certificate it issued for
+    /// their name (`store`, `delivery`).
+    #[arg(long, env = "ORDER_INTERNAL_CA", default_value = "data/certs/ca.pem")]
+    pub internal_ca: PathBuf,
+    /// This service's client certificate, issued by the cluster CA for the name `order`.
+    #[arg(
+        long,
+        env = "ORDER_INTERNAL_CERT",
+        default_value = "data/certs/order.pem"
+    )]
+    pub internal_cert: PathBuf,
+    /// The key of `internal_cert`.
+    #[arg(
+        long,
+        env = "ORDER_INTERNAL_KEY",
+        default_value = "data/certs/order.key"
+    )]
+    pub internal_key: PathBuf,
+    /// A certificate to serve TLS on the public and admin listeners (plaintext without one).
+    #[arg(long, env = "ORDER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`.
+    #[arg(long, env = "ORDER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// How long reservations are held; also how long transient assign failures are retried.
     #[arg(long, env = "ORDER_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
     pub reservation_ttl: Duration,
@@ -59,6 +95,9 @@ pub struct OrderArgs {
     /// Pause between recovery claims of abandoned sagas.
     #[arg(long, env = "ORDER_RECOVERY_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub recovery_interval: Duration,
+    /// How long saga history events (GetOrderHistory, `sagactl history`) are kept.
+    #[arg(long, env = "ORDER_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub history_retention: Duration,
     /// Name of this instance in saga leases (default: host name, pid and a random suffix).
     #[arg(long, env = "ORDER_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -89,9 +128,13 @@ pub struct OrderArgs {
     pub viewer_token: Option<String>,
 }
 
-/// Everything the order service needs besides its listener (tests build this directly).
+/// Everything the order service needs besides its listeners (tests build this directly).
 #[derive(Debug, Clone)]
 pub struct OrderSettings {
+    /// The client side of the internal API's mutual TLS.
+    pub internal: MutualTls,
+    /// TLS of the public and admin listeners.
+    pub tls: ListenerTls,
     /// Database URL.
     pub database_url: String,
     /// Pool settings.
@@ -126,13 +169,17 @@ pub fn default_instance_id() -> String {
 }
 
 impl OrderSettings {
-    /// Defaults for the given database and participants (used by tests and tools).
+    /// Defaults for the given database, participants (`https://` URLs of their internal
+    /// listeners) and client identity (used by tests and tools).
     pub fn new(
         database_url: impl Into<String>,
         store_url: impl Into<String>,
         delivery_url: impl Into<String>,
+        internal: MutualTls,
     ) -> Self {
         Self {
+            internal,
+            tls: ListenerTls::default(),
             database_url: database_url.into(),
             db: DbOptions::default(),
             store_url: store_url.into(),
@@ -148,9 +195,39 @@ impl OrderSettings {
 }
 
 impl OrderArgs {
-    /// The settings these flags describe; fails on a token too weak to accept.
+    /// The listener addresses (the order service has no internal API).
+    pub fn listen_addrs(&self) -> ListenAddrs {
+        ListenAddrs {
+            public: self.listen_addr,
+            internal: None,
+            admin: self.admin_listen_addr,
+        }
+    }
+
+    /// The settings these flags describe; fails on a token too weak to accept or a certificate
+    /// that cannot be read.
     pub fn settings(&self) -> anyhow::Result<OrderSettings> {
-        let mut s = OrderSettings::new(&self.database_url, &self.store_url, &self.delivery_url);
+        let internal = MutualTls::load(
+            &self.internal_ca,
+            &KeyPairFiles {
+                cert: self.internal_cert.clone(),
+                key: self.internal_key.clone(),
+            },
+        )?;
+        let mut s = OrderSettings::new(
+            &self.database_url,
+            &self.store_url,
+            &self.delivery_url,
+            internal,
+        );
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let tls = ServerTls::load(&KeyPairFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?;
+            s.tls.public = Some(tls.clone());
+            s.tls.admin = Some(tls);
+        }
         s.db.max_connections = self.db_max_connections;
         s.db.acquire_timeout = self.db_acquire_timeout;
         s.saga.reservation_ttl = self.reservation_ttl;
@@ -159,6 +236,7 @@ impl OrderArgs {
         s.call_timeout = self.call_timeout;
         s.place_timeout = self.place_timeout;
         s.recovery.interval = self.recovery_interval;
+        s.recovery.history_retention = self.history_retention;
         if let Some(id) = &self.instance_id {
             s.instance_id = id.clone();
         }

@@ -7,6 +7,7 @@ use tonic::Status;
 
 use crate::{
     grpc::MAX_ID_LEN,
+    history::HistoryEvent,
     repo::{OrderRecord, OrderState},
 };
 
@@ -15,6 +16,37 @@ fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
         seconds: ms.div_euclid(1000),
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     })
+}
+
+/// One history event as the admin API shows it.
+pub fn event_to_proto(e: HistoryEvent) -> pb::SagaEvent {
+    pb::SagaEvent {
+        seq: e.seq,
+        epoch: e.epoch,
+        kind: e.kind,
+        phase_from: e.phase_from.unwrap_or_default(),
+        phase_to: e.phase_to,
+        calls: e
+            .calls
+            .into_iter()
+            .map(|c| pb::SagaCall {
+                side: c.side,
+                call: c.call,
+                code: c.code,
+                unit_id: c.unit.unwrap_or_default(),
+                latency: Some(prost_types::Duration {
+                    seconds: i64::try_from(c.ms / 1000).unwrap_or(i64::MAX),
+                    nanos: i32::try_from((c.ms % 1000) * 1_000_000).unwrap_or(0),
+                }),
+                error: c.error.unwrap_or_default(),
+            })
+            .collect(),
+        packet_id: e.packet_id.unwrap_or_default(),
+        agent_id: e.agent_id.unwrap_or_default(),
+        error: e.error.unwrap_or_default(),
+        instance: e.instance,
+        at: timestamp(e.at),
+    }
 }
 
 fn reason_to_proto(reason: Reason) -> NotPlacedReason {

@@ -4,24 +4,31 @@
 
 use std::time::Duration;
 
-use order_saga_platform::{db::status_from_db_error, validate_id};
+use order_saga_platform::{db::status_from_db_error, telemetry::record_order_id, validate_id};
 use order_saga_proto::order::v1::{
-    self as pb, ForceFailOrderRequest, GetOrderRequest, GetSagaStatsRequest, GetSagaStatsResponse,
-    ListOrdersRequest, ListOrdersResponse, ListStuckOrdersRequest, ListStuckOrdersResponse,
-    PlaceOrderRequest, RedriveOrderRequest, StepLatency,
-    order_admin_service_server::OrderAdminService, order_service_server::OrderService,
+    self as pb, ForceFailOrderRequest, GetOrderHistoryRequest, GetOrderHistoryResponse,
+    GetOrderRequest, GetSagaStatsRequest, GetSagaStatsResponse, ListOrdersRequest,
+    ListOrdersResponse, ListStuckOrdersRequest, ListStuckOrdersResponse, PlaceOrderRequest,
+    RedriveOrderRequest, StepLatency, order_admin_service_server::OrderAdminService,
+    order_service_server::OrderService,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
-    convert::{order_to_proto, page_token, parse_page_token, saga_to_proto, state_from_proto},
+    convert::{
+        event_to_proto, order_to_proto, page_token, parse_page_token, saga_to_proto,
+        state_from_proto,
+    },
     placement::{PlaceError, Placement},
     repo::{NewOrder, RepoError},
 };
 
 /// Longest idempotency key.
 pub const MAX_KEY_LEN: usize = 128;
+/// Most history events one GetOrderHistory answers (a saga writes a handful; a long outage of
+/// retries some hundreds).
+const MAX_HISTORY: i64 = 1000;
 /// Longest customer, food or zone id.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -110,6 +117,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<pb::Order>, Status> {
         let order_id = request.into_inner().order_id;
         check("order_id", &order_id, MAX_ID_LEN)?;
+        record_order_id(&order_id);
         let record = self
             .placement
             .orchestrator()
@@ -118,7 +126,10 @@ impl OrderService for OrderApi {
             .await?;
         Self::answer(record.ok_or(PlaceError::NoSuchOrder(order_id)))
     }
+}
 
+#[tonic::async_trait]
+impl OrderAdminService for OrderApi {
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
@@ -153,10 +164,7 @@ impl OrderService for OrderApi {
             next_page_token,
         }))
     }
-}
 
-#[tonic::async_trait]
-impl OrderAdminService for OrderApi {
     async fn list_stuck_orders(
         &self,
         request: Request<ListStuckOrdersRequest>,
@@ -179,6 +187,7 @@ impl OrderAdminService for OrderApi {
         let deadline = self.deadline(request.metadata());
         let order_id = request.into_inner().order_id;
         check("order_id", &order_id, MAX_ID_LEN)?;
+        record_order_id(&order_id);
         Self::answer(self.placement.redrive(&order_id, deadline).await)
     }
 
@@ -189,6 +198,7 @@ impl OrderAdminService for OrderApi {
         let deadline = self.deadline(request.metadata());
         let order_id = request.into_inner().order_id;
         check("order_id", &order_id, MAX_ID_LEN)?;
+        record_order_id(&order_id);
         Self::answer(self.placement.force_fail(&order_id, deadline).await)
     }
 
@@ -215,6 +225,25 @@ impl OrderAdminService for OrderApi {
             });
         }
         Ok(Response::new(GetSagaStatsResponse { steps }))
+    }
+
+    async fn get_order_history(
+        &self,
+        request: Request<GetOrderHistoryRequest>,
+    ) -> Result<Response<GetOrderHistoryResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        check("order_id", &order_id, MAX_ID_LEN)?;
+        record_order_id(&order_id);
+        let repo = self.placement.orchestrator().repo();
+        let events = repo.history(&order_id, MAX_HISTORY).await?;
+        // An order whose events were all pruned still exists; an unknown id does not.
+        if events.is_empty() && repo.by_id(&order_id).await?.is_none() {
+            return Err(Status::not_found(format!("no order {order_id}")));
+        }
+        Ok(Response::new(GetOrderHistoryResponse {
+            order_id,
+            events: events.into_iter().map(event_to_proto).collect(),
+        }))
     }
 }
 

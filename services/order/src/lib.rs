@@ -8,24 +8,29 @@
 //! - [`grpc`]: the transport of the public `OrderService` and the operator
 //!   `OrderAdminService`, with [`convert`] for prost types and [`catalogue`] for the existence
 //!   check of foods and zones.
+//! - [`history`]: the saga's events, appended in the same transaction as each write.
+//! - [`console`]: the operator console, HTML pages on the admin listener.
 //! - [`recovery`]: claims unfinished sagas whose lease ran out (a crashed or stopped instance)
 //!   and finishes them. Any number of instances may share one database.
 
 pub mod catalogue;
 pub mod config;
+pub mod console;
 pub mod convert;
 pub mod grpc;
+pub mod history;
 pub mod orchestrator;
 pub mod placement;
 pub mod recovery;
 pub mod repo;
 pub mod stats;
 
-use std::{future::Future, net::SocketAddr};
+use std::future::Future;
 
+use anyhow::Context;
 use order_saga_platform::{
+    app::{Audience, ListenAddrs, Listeners, ServiceApp},
     db::Db,
-    server::{base_routes, serve_with_task},
     telemetry::TracePropagation,
 };
 use order_saga_proto::{
@@ -35,8 +40,7 @@ use order_saga_proto::{
     },
     reservation::v1::reservation_service_client::ReservationServiceClient,
 };
-use tokio::net::TcpListener;
-use tonic::{service::RoutesBuilder, transport::Endpoint};
+use tonic::transport::Endpoint;
 
 use catalogue::Catalogue;
 pub use config::{OrderArgs, OrderSettings};
@@ -50,14 +54,27 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A built order service, ready to run.
 pub struct OrderApp {
-    listener: TcpListener,
-    routes: RoutesBuilder,
+    app: ServiceApp,
     orchestrator: Orchestrator,
     settings: OrderSettings,
 }
 
-fn channel(url: &str, settings: &OrderSettings) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+/// A channel to the internal listener of the participant `peer` at `url`: mutual TLS, and the
+/// participant's certificate must name `peer`.
+fn channel(
+    peer: &str,
+    url: &str,
+    settings: &OrderSettings,
+) -> anyhow::Result<tonic::transport::Channel> {
+    // tonic speaks plaintext to an http:// URL even with TLS configured; refuse it.
+    if !url.starts_with("https://") {
+        anyhow::bail!(
+            "the {peer} URL {url:?} must start with https://: the internal API is mutual TLS"
+        );
+    }
+    Ok(Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("the {peer} URL {url:?}"))?
+        .tls_config(settings.internal.client(peer))?
         .connect_timeout(settings.call_timeout)
         .timeout(settings.call_timeout)
         .tcp_nodelay(true)
@@ -66,12 +83,18 @@ fn channel(url: &str, settings: &OrderSettings) -> anyhow::Result<tonic::transpo
 }
 
 impl OrderApp {
-    /// Connects and migrates the database, prepares participant clients and registers the
-    /// gRPC services on `listener`.
-    pub async fn build(listener: TcpListener, settings: OrderSettings) -> anyhow::Result<Self> {
+    /// Connects and migrates the database, prepares participant clients and serves the order
+    /// API on the public listener and its administration on the admin listener.
+    pub async fn build(listeners: Listeners, settings: OrderSettings) -> anyhow::Result<Self> {
+        let mut app = ServiceApp::new(
+            "order",
+            listeners,
+            settings.tls.clone(),
+            settings.limits.clone(),
+        )?;
+        let store = channel("store", &settings.store_url, &settings)?;
+        let delivery = channel("delivery", &settings.delivery_url, &settings)?;
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
-        let store = channel(&settings.store_url, &settings)?;
-        let delivery = channel(&settings.delivery_url, &settings)?;
         let orchestrator = Orchestrator::new(
             OrderRepo::new(db),
             ReservationServiceClient::with_interceptor(store.clone(), TracePropagation),
@@ -79,57 +102,57 @@ impl OrderApp {
             settings.saga.clone(),
             settings.instance_id.clone(),
         );
-        let api = OrderApi::new(Placement::new(
+        let placement = Placement::new(
             orchestrator.clone(),
-            Catalogue::new(store, delivery),
+            Catalogue::new(store.clone(), delivery.clone()),
             settings.place_timeout,
             BusyPolicy {
                 slot_wait: settings.limits.admission.queue_wait,
                 retry_after: settings.limits.admission.retry_after,
             },
-        ));
-        let (mut routes, health) = base_routes()?;
-        routes
-            .add_service(OrderServiceServer::new(api.clone()))
-            .add_service(OrderAdminServiceServer::new(api));
-        health.set_serving::<OrderServiceServer<OrderApi>>().await;
-        health
-            .set_serving::<OrderAdminServiceServer<OrderApi>>()
-            .await;
+        );
+        let console = console::Console::new(
+            placement.clone(),
+            store,
+            delivery,
+            settings.limits.admin_tokens.clone(),
+        );
+        let api = OrderApi::new(placement);
+        app.add(Audience::Public, OrderServiceServer::new(api.clone()))
+            .await
+            .add(Audience::Admin, OrderAdminServiceServer::new(api))
+            .await
+            .add_http(Audience::Admin, console.routes());
         Ok(Self {
-            listener,
-            routes,
+            app,
             orchestrator,
             settings,
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> ListenAddrs {
+        self.app.local_addrs()
     }
 
-    /// Runs the server and the recovery loop until `shutdown` completes.
+    /// Runs the listeners and the recovery loop until `shutdown` completes.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(
-            addr = %self.listener.local_addr()?,
-            instance = %self.settings.instance_id,
-            "serving"
-        );
+        tracing::info!(instance = %self.settings.instance_id, "order service starting");
         let (orchestrator, config) = (self.orchestrator.clone(), self.settings.recovery.clone());
-        let served = serve_with_task(
-            self.listener,
-            self.routes,
-            &self.settings.limits,
-            shutdown,
-            |stopping| recovery::run(orchestrator, config, stopping.wait()),
-        )
-        .await;
+        let served = self
+            .app
+            .run(shutdown, |stopping| async move {
+                let retention = config.history_retention;
+                tokio::join!(
+                    recovery::run(orchestrator.clone(), config, stopping.clone().wait()),
+                    recovery::prune_history(orchestrator, retention, stopping.wait()),
+                );
+            })
+            .await;
         self.orchestrator.repo().db().close().await;
-        served?;
-        Ok(())
+        served
     }
 }

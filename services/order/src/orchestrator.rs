@@ -24,6 +24,7 @@ use tokio::{
 use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
 use crate::{
+    history::{CallRecord, EventKind, Transition},
     repo::{OrderRecord, OrderRepo, RepoError},
     stats::{Step, StepStats},
 };
@@ -88,10 +89,12 @@ pub struct SagaSlot {
     _permit: OwnedSemaphorePermit,
 }
 
-/// One executed command: the event it produced and, for failures, the error text.
+/// One executed command: the event it produced, for failures the error text, and the call
+/// as the history records it.
 struct Answer {
     event: Event,
     error: Option<String>,
+    call: CallRecord,
 }
 
 impl Orchestrator {
@@ -168,9 +171,16 @@ impl Orchestrator {
         mut record: OrderRecord,
         event: Event,
     ) -> Result<OrderRecord, RepoError> {
+        let from = record.saga.phase;
         let (saga, _) = record.saga.step(&event);
         record.saga = saga;
-        let record = self.persist(&record).await?;
+        let transition = Transition {
+            kind: EventKind::Step,
+            from: Some(from),
+            calls: Vec::new(),
+            error: Some(format!("{event:?} by an operator")),
+        };
+        let record = self.persist(&record, &transition).await?;
         self.drive(record).await
     }
 
@@ -195,7 +205,29 @@ impl Orchestrator {
             let mut saga: Saga = record.saga.clone();
             let mut next = Vec::new();
             let mut transient = false;
+            let mut transition = Transition {
+                kind: EventKind::Step,
+                from: Some(saga.phase),
+                calls: Vec::with_capacity(answers.len()),
+                error: None,
+            };
             for answer in answers {
+                metrics::counter!(
+                    "saga_participant_calls_total",
+                    "side" => answer.call.side.clone(),
+                    "call" => answer.call.call.clone(),
+                    "code" => answer.call.code.clone(),
+                )
+                .increment(1);
+                if let Event::Transient { side, call } = answer.event {
+                    metrics::counter!(
+                        "saga_retries_total",
+                        "side" => side.as_str(),
+                        "call" => call.as_str(),
+                    )
+                    .increment(1);
+                }
+                transition.calls.push(answer.call);
                 if matches!(answer.event, Event::Transient { .. }) {
                     transient = true;
                     record.attempts += 1;
@@ -204,6 +236,7 @@ impl Orchestrator {
                     if let Event::Refused { .. } = answer.event {
                         record.detail.get_or_insert(error.clone());
                     }
+                    transition.error = Some(error.clone());
                     record.last_error = Some(error);
                 }
                 let (s, mut cmds) = saga.step(&answer.event);
@@ -215,6 +248,8 @@ impl Orchestrator {
                 let (s, cmds) = saga.step(&Event::RetryDeadlinePassed);
                 if s.phase != saga.phase {
                     tracing::warn!(reason = ?s.reason, "retry deadline passed, compensating");
+                    let last = transition.error.take().unwrap_or_default();
+                    transition.error = Some(format!("retry deadline passed; last error: {last}"));
                     if let Some(error) = &record.last_error {
                         record.detail.get_or_insert(error.clone());
                     }
@@ -225,7 +260,11 @@ impl Orchestrator {
             record.saga = saga;
             dedup(&mut next);
 
-            record = self.persist(&record).await?;
+            record = self.persist(&record, &transition).await?;
+            if record.saga.phase.is_terminal() && transition.from.is_some_and(|p| !p.is_terminal())
+            {
+                count_outcome(&record);
+            }
 
             if record.saga.phase == order_saga_saga::Phase::Compensating {
                 let since = *compensation_started.get_or_insert_with(Instant::now);
@@ -251,7 +290,11 @@ impl Orchestrator {
     /// non-terminal stored phase. Failpoints
     /// `order-before-persist-<phase>` and `order-after-persist-<phase>` surround the write,
     /// `<phase>` being the phase written.
-    async fn persist(&self, record: &OrderRecord) -> Result<OrderRecord, RepoError> {
+    async fn persist(
+        &self,
+        record: &OrderRecord,
+        transition: &Transition,
+    ) -> Result<OrderRecord, RepoError> {
         let inner = &self.inner;
         fail::fail_point!(&format!(
             "order-before-persist-{}",
@@ -260,7 +303,7 @@ impl Orchestrator {
         let started = Instant::now();
         let persisted = inner
             .repo
-            .persist(record, &inner.instance, inner.config.lease)
+            .persist(record, &inner.instance, inner.config.lease, transition)
             .await?;
         inner.stats.record(Step::Persist, started.elapsed());
         fail::fail_point!(&format!(
@@ -304,8 +347,10 @@ impl Orchestrator {
             command.side().as_str()
         ));
         let started = Instant::now();
-        let answer = self.call(record, command).await;
-        self.inner.stats.record(step, started.elapsed());
+        let mut answer = self.call(record, command).await;
+        let elapsed = started.elapsed();
+        self.inner.stats.record(step, elapsed);
+        answer.call.ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         fail::fail_point!(&format!(
             "order-after-call-{}-{}",
             call.as_str(),
@@ -350,6 +395,10 @@ impl Orchestrator {
         };
         match result {
             Ok(unit) => Answer {
+                call: CallRecord {
+                    unit: unit.clone(),
+                    ..CallRecord::new(side, call, tonic::Code::Ok, Duration::ZERO)
+                },
                 event: match call {
                     Call::Reserve => Event::Reserved {
                         side,
@@ -386,8 +435,24 @@ fn answer_for_error(side: Side, call: Call, status: &Status) -> Answer {
     };
     Answer {
         event,
+        call: CallRecord {
+            error: Some(status.message().to_owned()),
+            ..CallRecord::new(side, call, status.code(), Duration::ZERO)
+        },
         error: Some(error),
     }
+}
+
+/// `saga_orders_total{outcome, reason}`: counted by the one driver whose write made the order
+/// terminal (the fence lets only one write do that).
+fn count_outcome(record: &OrderRecord) {
+    let reason = record.saga.reason.map_or("", |r| r.as_str());
+    metrics::counter!(
+        "saga_orders_total",
+        "outcome" => record.saga.phase.as_str(),
+        "reason" => reason,
+    )
+    .increment(1);
 }
 
 fn dedup(commands: &mut Vec<Command>) {

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::{
     catalogue::Catalogue,
+    history::EventKind,
     orchestrator::{Orchestrator, SagaSlot},
     repo::{Created, NewOrder, OrderRecord, OrderState, RepoError},
     stats::Step,
@@ -190,6 +191,7 @@ impl Placement {
         let slot = self.slot(deadline).await?;
 
         let order_id = format!("ord-{}", uuid::Uuid::new_v4().simple());
+        order_saga_platform::telemetry::record_order_id(&order_id);
         let span = tracing::info_span!("place_order", order_id = %order_id);
         async {
             let orch = &self.orchestrator;
@@ -218,7 +220,7 @@ impl Placement {
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
         let slot = self.slot(deadline).await?;
-        match self.take_over(order_id).await? {
+        match self.take_over(order_id, EventKind::Redriven).await? {
             TakeOver::Claimed(record) => self.drive_and_wait(record, None, deadline, slot).await,
             TakeOver::Finished(record) => Ok(record),
         }
@@ -232,7 +234,7 @@ impl Placement {
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
         let slot = self.slot(deadline).await?;
-        match self.take_over(order_id).await? {
+        match self.take_over(order_id, EventKind::ForceFailed).await? {
             TakeOver::Claimed(record) if record.state() == OrderState::Pending => {
                 self.drive_and_wait(record, Some(Event::ForceFail), deadline, slot)
                     .await
@@ -248,11 +250,11 @@ impl Placement {
 
     /// Claims an unfinished order regardless of its lease (a new epoch fences off its current
     /// driver), or reports that it is finished.
-    async fn take_over(&self, order_id: &str) -> Result<TakeOver, PlaceError> {
+    async fn take_over(&self, order_id: &str, kind: EventKind) -> Result<TakeOver, PlaceError> {
         let orch = &self.orchestrator;
         if let Some(claimed) = orch
             .repo()
-            .take_over(order_id, orch.instance(), orch.config().lease)
+            .take_over(order_id, orch.instance(), orch.config().lease, kind)
             .await?
         {
             return Ok(TakeOver::Claimed(claimed));
@@ -349,6 +351,7 @@ impl Placement {
         request: &NewOrder,
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
+        order_saga_platform::telemetry::record_order_id(&existing.order_id);
         if &existing.request != request {
             return Err(PlaceError::KeyReused);
         }

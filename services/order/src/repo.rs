@@ -13,6 +13,8 @@
 use std::time::Duration;
 
 use order_saga_platform::db::{Db, is_unique_violation};
+
+use crate::history::{self, Append, EventKind, HistoryEvent, HistorySql, Transition};
 use order_saga_saga::{Leg, LegState, Phase, Reason, Saga, Side};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
@@ -139,6 +141,7 @@ struct Queries {
     by_id: String,
     by_key: String,
     stuck: String,
+    history: HistorySql,
 }
 
 /// The orders repository.
@@ -197,6 +200,7 @@ impl OrderRepo {
             stuck: format!(
                 "SELECT {COLUMNS} FROM orders WHERE {UNFINISHED} ORDER BY created_at, order_id LIMIT $1"
             ),
+            history: HistorySql::new(&db),
         };
         Self {
             db,
@@ -219,6 +223,7 @@ impl OrderRepo {
         owner: &str,
         lease: Duration,
     ) -> Result<Created, RepoError> {
+        let mut tx = self.db.pool().begin().await?;
         let inserted = sqlx::query(AssertSqlSafe(self.sql.insert.as_str()))
             .bind(order_id)
             .bind(&order.idempotency_key)
@@ -227,17 +232,26 @@ impl OrderRepo {
             .bind(&order.zone)
             .bind(owner)
             .bind(ms(lease))
-            .fetch_one(self.db.pool())
+            .fetch_one(&mut *tx)
             .await;
-        match inserted {
-            Ok(row) => Ok(Created::New(decode(&row)?)),
-            Err(e) if is_unique_violation(&e) => match self.by_key(&order.idempotency_key).await? {
-                Some(existing) => Ok(Created::Existing(existing)),
-                // The conflicting row vanished: impossible without deletes; surface it.
-                None => Err(RepoError::Db(e)),
-            },
-            Err(e) => Err(e.into()),
-        }
+        let row = match inserted {
+            Ok(row) => row,
+            Err(e) if is_unique_violation(&e) => {
+                // The failed statement ended PostgreSQL's transaction; read outside it.
+                tx.rollback().await?;
+                return match self.by_key(&order.idempotency_key).await? {
+                    Some(existing) => Ok(Created::Existing(existing)),
+                    // The conflicting row vanished: impossible without deletes; surface it.
+                    None => Err(RepoError::Db(e)),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let created = decode(&row)?;
+        let transition = Transition::claim(EventKind::Created, None);
+        self.append(&mut tx, &created, &transition).await?;
+        tx.commit().await?;
+        Ok(Created::New(created))
     }
 
     /// Writes the saga state of the driver holding `record`, fenced on its owner **and**
@@ -251,9 +265,11 @@ impl OrderRepo {
         record: &OrderRecord,
         owner: &str,
         lease: Duration,
+        transition: &Transition,
     ) -> Result<OrderRecord, RepoError> {
         let saga = &record.saga;
         let lease_ms = (!saga.phase.is_terminal()).then(|| ms(lease));
+        let mut tx = self.db.pool().begin().await?;
         let row = sqlx::query(AssertSqlSafe(self.sql.persist.as_str()))
             .bind(&record.order_id)
             .bind(owner)
@@ -270,12 +286,67 @@ impl OrderRepo {
             .bind(record.last_error.clone())
             .bind(lease_ms)
             .bind(record.epoch)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&mut *tx)
             .await?;
-        match row {
-            Some(row) => decode(&row),
-            None => Err(RepoError::LostLease(record.order_id.clone())),
+        let Some(row) = row else {
+            return Err(RepoError::LostLease(record.order_id.clone()));
+        };
+        let persisted = decode(&row)?;
+        self.append(&mut tx, &persisted, transition).await?;
+        tx.commit().await?;
+        Ok(persisted)
+    }
+
+    /// Appends the history event of a write of `record` in that write's transaction.
+    async fn append(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        record: &OrderRecord,
+        transition: &Transition,
+    ) -> Result<(), RepoError> {
+        let event = Append {
+            order_id: &record.order_id,
+            epoch: record.epoch,
+            phase: record.saga.phase,
+            packet: record.saga.store.unit.as_deref(),
+            agent: record.saga.delivery.unit.as_deref(),
+            owner: record.lease_owner.as_deref().unwrap_or_default(),
+            transition,
+        };
+        Ok(history::append(&self.sql.history, conn, event).await?)
+    }
+
+    /// Appends a claim event for each of `claimed`, then commits their claim.
+    async fn commit_claims(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        claimed: &[OrderRecord],
+        kind: EventKind,
+    ) -> Result<(), RepoError> {
+        for record in claimed {
+            let transition = Transition::claim(kind, Some(record.saga.phase));
+            self.append(&mut tx, record, &transition).await?;
         }
+        tx.commit().await?;
+        if !claimed.is_empty() {
+            metrics::counter!("saga_claims_total", "kind" => kind.as_str())
+                .increment(claimed.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` history events of `order_id`, oldest first.
+    pub async fn history(
+        &self,
+        order_id: &str,
+        limit: i64,
+    ) -> Result<Vec<HistoryEvent>, RepoError> {
+        Ok(history::read(&self.sql.history, &self.db, order_id, limit).await?)
+    }
+
+    /// Deletes up to `batch` history events older than `retention`; how many it deleted.
+    pub async fn prune_history(&self, retention: Duration, batch: i64) -> Result<u64, RepoError> {
+        Ok(history::prune(&self.sql.history, &self.db, retention, batch).await?)
     }
 
     /// Claims up to `limit` unfinished orders whose lease ran out, for `owner`, each with a
@@ -286,13 +357,17 @@ impl OrderRepo {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<OrderRecord>, RepoError> {
+        let mut tx = self.db.pool().begin().await?;
         let rows = sqlx::query(AssertSqlSafe(self.sql.claim_expired.as_str()))
             .bind(limit)
             .bind(owner)
             .bind(ms(lease))
-            .fetch_all(self.db.pool())
+            .fetch_all(&mut *tx)
             .await?;
-        rows.iter().map(decode).collect()
+        let claimed = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        self.commit_claims(tx, &claimed, EventKind::Recovered)
+            .await?;
+        Ok(claimed)
     }
 
     /// Claims one unfinished order if its lease ran out (a waiting client's take-over), with a
@@ -303,20 +378,27 @@ impl OrderRepo {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<OrderRecord>, RepoError> {
-        self.claim_with(&self.sql.claim_one, order_id, owner, lease)
-            .await
+        self.claim_with(
+            &self.sql.claim_one,
+            order_id,
+            owner,
+            lease,
+            EventKind::TakenOver,
+        )
+        .await
     }
 
     /// Takes an unfinished order over regardless of its lease (operator redrive or
-    /// force-fail), with a new epoch. The previous driver's next write fails on the fence and
-    /// it stops, even when it runs in this same instance.
+    /// force-fail, recorded in the history as `kind`), with a new epoch. The previous driver's
+    /// next write fails on the fence and it stops, even when it runs in this same instance.
     pub async fn take_over(
         &self,
         order_id: &str,
         owner: &str,
         lease: Duration,
+        kind: EventKind,
     ) -> Result<Option<OrderRecord>, RepoError> {
-        self.claim_with(&self.sql.take_over, order_id, owner, lease)
+        self.claim_with(&self.sql.take_over, order_id, owner, lease, kind)
             .await
     }
 
@@ -326,14 +408,18 @@ impl OrderRepo {
         order_id: &str,
         owner: &str,
         lease: Duration,
+        kind: EventKind,
     ) -> Result<Option<OrderRecord>, RepoError> {
+        let mut tx = self.db.pool().begin().await?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(order_id)
             .bind(owner)
             .bind(ms(lease))
-            .fetch_optional(self.db.pool())
+            .fetch_optional(&mut *tx)
             .await?;
-        row.as_ref().map(decode).transpose()
+        let claimed = row.as_ref().map(decode).transpose()?;
+        self.commit_claims(tx, claimed.as_slice(), kind).await?;
+        Ok(claimed)
     }
 
     /// One order by id.
@@ -370,35 +456,129 @@ impl OrderRepo {
         after: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<OrderRecord>, RepoError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM orders WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
+        let filter = OrderFilter {
+            state,
+            ..OrderFilter::default()
         };
-        if state.is_some() {
-            sql.push_str(&format!(" AND state = ${}", next()));
+        self.search(&filter, after, limit).await
+    }
+
+    /// A page of the orders matching `filter`, newest first, starting after `after`
+    /// (created_at, order_id).
+    pub async fn search(
+        &self,
+        filter: &OrderFilter,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>, RepoError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM orders WHERE 1 = 1");
+        let mut binds: Vec<Bind> = Vec::new();
+        let next = |b: Bind, binds: &mut Vec<Bind>| {
+            binds.push(b);
+            binds.len()
+        };
+        if let Some(state) = filter.state {
+            let n = next(Bind::Text(state.as_str().to_owned()), &mut binds);
+            sql.push_str(&format!(" AND state = ${n}"));
         }
-        if after.is_some() {
-            let (a, b, c) = (next(), next(), next());
+        for (column, value) in [
+            ("reason", &filter.reason),
+            ("food_id", &filter.food_id),
+            ("zone", &filter.zone),
+        ] {
+            if let Some(value) = value {
+                let n = next(Bind::Text(value.clone()), &mut binds);
+                sql.push_str(&format!(" AND {column} = ${n}"));
+            }
+        }
+        if let Some(since) = filter.created_since {
+            let n = next(Bind::Int(since), &mut binds);
+            sql.push_str(&format!(" AND created_at >= ${n}"));
+        }
+        if let Some(id) = &filter.id_or_key {
+            let a = next(Bind::Text(id.clone()), &mut binds);
+            let b = next(Bind::Text(id.clone()), &mut binds);
+            sql.push_str(&format!(" AND (order_id = ${a} OR idempotency_key = ${b})"));
+        }
+        if let Some((created_at, order_id)) = after {
+            let a = next(Bind::Int(created_at), &mut binds);
+            let b = next(Bind::Int(created_at), &mut binds);
+            let c = next(Bind::Text(order_id), &mut binds);
             sql.push_str(&format!(
                 " AND (created_at < ${a} OR (created_at = ${b} AND order_id < ${c}))"
             ));
         }
+        let n = next(Bind::Int(limit), &mut binds);
         sql.push_str(&format!(
-            " ORDER BY created_at DESC, order_id DESC LIMIT ${}",
-            next()
+            " ORDER BY created_at DESC, order_id DESC LIMIT ${n}"
         ));
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        if let Some(state) = state {
-            query = query.bind(state.as_str());
+        for bind in binds {
+            query = match bind {
+                Bind::Text(v) => query.bind(v),
+                Bind::Int(v) => query.bind(v),
+            };
         }
-        if let Some((created_at, order_id)) = after {
-            query = query.bind(created_at).bind(created_at).bind(order_id);
-        }
-        let rows = query.bind(limit).fetch_all(self.db.pool()).await?;
+        let rows = query.fetch_all(self.db.pool()).await?;
         rows.iter().map(decode).collect()
     }
+
+    /// Orders finished per minute since `since_ms` (by their last write, database clock), by
+    /// state and reason, oldest minute first: (minute start in Unix ms, state, reason, count).
+    pub async fn outcomes_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String, Option<String>, i64)>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT (updated_at / 60000) * 60000 AS minute, state, reason, COUNT(*) AS n \
+             FROM orders WHERE updated_at >= $1 AND state <> 'pending' \
+             GROUP BY (updated_at / 60000) * 60000, state, reason ORDER BY minute",
+        )
+        .bind(since_ms)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("minute")?,
+                    r.try_get("state")?,
+                    r.try_get("reason")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The database clock, Unix ms.
+    pub async fn now_ms(&self) -> Result<i64, RepoError> {
+        let sql = self.db.sql("SELECT {now} AS now");
+        Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(self.db.pool())
+            .await?)
+    }
+}
+
+/// A bound value of a query built at run time.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Which orders [`OrderRepo::search`] returns; `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    /// Customer-facing state.
+    pub state: Option<OrderState>,
+    /// Not-placed reason (`out_of_stock`, ...).
+    pub reason: Option<String>,
+    /// Food.
+    pub food_id: Option<String>,
+    /// Zone.
+    pub zone: Option<String>,
+    /// Created at or after (Unix ms).
+    pub created_since: Option<i64>,
+    /// An order id or an idempotency key.
+    pub id_or_key: Option<String>,
 }
 
 fn decode(row: &AnyRow) -> Result<OrderRecord, RepoError> {

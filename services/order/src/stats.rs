@@ -73,12 +73,15 @@ impl StepStats {
         &self.hists[Step::ALL.iter().position(|s| *s == step).unwrap_or(0)]
     }
 
-    /// Records one run of `step` that took `took`.
+    /// Records one run of `step` that took `took` (also in the `saga_step_duration_seconds`
+    /// Prometheus histogram).
     pub fn record(&self, step: Step, took: Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         if let Ok(mut h) = self.slot(step).lock() {
             h.saturating_record(micros);
         }
+        metrics::histogram!("saga_step_duration_seconds", "step" => step.as_str())
+            .record(took.as_secs_f64());
     }
 
     /// A copy of every step's histogram.

@@ -4,7 +4,10 @@
 //! `reservation.v1.ReservationService` (from the engine crate) plus the store's own catalogue
 //! (`store.v1.StoreService`) and administration (`store.v1.StoreAdminService`).
 
-use order_saga_platform::{validate_id, validate_name};
+use order_saga_platform::{
+    app::{Audience, Listeners},
+    validate_id, validate_name,
+};
 use order_saga_proto::store::v1::{
     CreateFoodRequest, Food, GetFoodRequest, ListFoodsRequest, ListFoodsResponse, RestockRequest,
     store_admin_service_server::{StoreAdminService, StoreAdminServiceServer},
@@ -13,10 +16,9 @@ use order_saga_proto::store::v1::{
 use order_saga_reservation::{
     Engine, EngineError, PoolInfo,
     app::{Participant, ParticipantSettings},
-    grpc::{MAX_ID_LEN, timestamp_from_ms},
+    grpc::{MAX_ID_LEN, list_page, timestamp_from_ms},
 };
 use order_saga_saga::Refusal;
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 /// Prefix of packet ids.
@@ -25,23 +27,23 @@ pub const PACKET_PREFIX: &str = "pkt";
 /// Longest food name.
 const MAX_NAME_LEN: usize = 200;
 
-/// Builds the store on `listener`.
+/// Builds the store service: the reservation API on the internal listener, the
+/// catalogue on the public one (and on the internal one, for the orchestrator's existence
+/// check), administration on the admin listener.
 pub async fn build(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: ParticipantSettings,
 ) -> anyhow::Result<Participant> {
-    let mut app = Participant::build(listener, settings, PACKET_PREFIX).await?;
+    let mut app = Participant::build("store", listeners, settings, PACKET_PREFIX).await?;
     let api = StoreApi {
         engine: app.engine().clone(),
     };
-    app.routes_mut()
-        .add_service(StoreServiceServer::new(api.clone()))
-        .add_service(StoreAdminServiceServer::new(api));
-    app.health()
-        .set_serving::<StoreServiceServer<StoreApi>>()
-        .await;
-    app.health()
-        .set_serving::<StoreAdminServiceServer<StoreApi>>()
+    app.app_mut()
+        .add(Audience::Public, StoreServiceServer::new(api.clone()))
+        .await
+        .add(Audience::Internal, StoreServiceServer::new(api.clone()))
+        .await
+        .add(Audience::Admin, StoreAdminServiceServer::new(api))
         .await;
     Ok(app)
 }
@@ -91,11 +93,14 @@ impl StoreService for StoreApi {
 
     async fn list_foods(
         &self,
-        _request: Request<ListFoodsRequest>,
+        request: Request<ListFoodsRequest>,
     ) -> Result<Response<ListFoodsResponse>, Status> {
-        let pools = self.engine.list_pools().await.map_err(status)?;
+        let req = request.into_inner();
+        let (pools, next_page_token) =
+            list_page(&self.engine, req.page_size, &req.page_token).await?;
         Ok(Response::new(ListFoodsResponse {
             foods: pools.into_iter().map(food).collect(),
+            next_page_token,
         }))
     }
 }

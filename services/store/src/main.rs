@@ -1,6 +1,7 @@
 //! `store`: the store participant service. Configuration: `store --help`.
 
 use order_saga_platform::{
+    app::Listeners,
     server::shutdown_signal,
     telemetry::{TelemetryConfig, init_telemetry},
 };
@@ -12,11 +13,12 @@ async fn main() -> anyhow::Result<()> {
     let args = ParticipantArgs::parse_with_env_prefix(
         "store",
         "STORE",
-        "127.0.0.1:50052",
+        ["127.0.0.1:50052", "127.0.0.1:50152", "127.0.0.1:50252"],
         "sqlite://data/store.db",
     );
-    let _telemetry = init_telemetry("store", &TelemetryConfig::from_env())?;
-    let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
-    let app = store_service::build(listener, args.settings()?).await?;
+    let _telemetry = init_telemetry("store", &TelemetryConfig::from_env()?)?;
+    let settings = args.settings()?;
+    let listeners = Listeners::bind(args.listen_addrs()).await?;
+    let app = store_service::build(listeners, settings).await?;
     app.run_until_stopped(shutdown_signal()).await
 }

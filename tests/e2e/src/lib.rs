@@ -6,9 +6,11 @@ use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use order_saga_platform::{
     admission::AdmissionConfig,
+    app::{ListenAddrs, Listeners},
     auth::AdminTokens,
     db::{Db, DbOptions},
     testing::{TestBackend, fresh_database_url},
+    tls::{ClusterCa, MutualTls},
 };
 use order_saga_proto::{
     delivery::v1::{AddAgentsRequest, delivery_admin_service_client::DeliveryAdminServiceClient},
@@ -27,10 +29,12 @@ use order_saga_saga::BearerToken;
 pub use order_saga_testkit::invariants::DbUrls;
 use order_saga_testkit::invariants::{self, Stock};
 use order_service::OrderSettings;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{codegen::InterceptedService, transport::Channel};
 
 pub use order_saga_platform::testing::TestBackend as Backend;
+
+pub mod webdriver;
 
 /// The operator token every test cluster accepts on its admin services (a test fixture, not a
 /// secret: test clusters listen on 127.0.0.1 only and live as long as one test).
@@ -87,16 +91,50 @@ impl Default for ClusterOptions {
     }
 }
 
+/// The certificates of one test cluster, issued by a CA made for it.
+pub struct TestCerts {
+    /// The CA every service of the cluster trusts.
+    pub ca: ClusterCa,
+    /// The orchestrator's identity.
+    pub order: MutualTls,
+    /// The store's identity.
+    pub store: MutualTls,
+    /// Delivery's identity.
+    pub delivery: MutualTls,
+}
+
+impl TestCerts {
+    /// A fresh CA and a certificate for each service.
+    pub fn generate() -> Self {
+        let ca = ClusterCa::generate("e2e cluster CA").expect("ca");
+        let id = |name: &str| ca_identity(&ca, name);
+        Self {
+            order: id("order"),
+            store: id("store"),
+            delivery: id("delivery"),
+            ca,
+        }
+    }
+}
+
+/// The identity `name` as issued by `ca` (with the CA as the trust root).
+pub fn ca_identity(ca: &ClusterCa, name: &str) -> MutualTls {
+    let issued = ca.issue(name, &[]).expect("issue");
+    MutualTls::from_pem(ca.cert_pem(), &issued.cert, &issued.key)
+}
+
 /// A running cluster.
 pub struct Cluster {
     /// Backend of all three databases.
     pub backend: TestBackend,
-    /// Order service address.
-    pub order_addr: SocketAddr,
-    /// Store address.
-    pub store_addr: SocketAddr,
-    /// Delivery address.
-    pub delivery_addr: SocketAddr,
+    /// Order service listeners (public, admin).
+    pub order_addrs: ListenAddrs,
+    /// Store listeners (public, internal, admin).
+    pub store_addrs: ListenAddrs,
+    /// Delivery listeners (public, internal, admin).
+    pub delivery_addrs: ListenAddrs,
+    /// The cluster's certificates.
+    pub certs: TestCerts,
     /// Database URLs.
     pub urls: DbUrls,
     stops: Vec<oneshot::Sender<()>>,
@@ -122,16 +160,35 @@ fn stop_signal() -> (
     })
 }
 
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")
+async fn bind(internal: bool) -> Listeners {
+    Listeners::bind(ListenAddrs::ephemeral(internal))
+        .await
+        .expect("bind port 0")
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
+/// A plaintext channel to a public or admin listener at `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("url")
         .connect()
         .await
         .expect("connect")
+}
+
+/// A channel to an internal listener at `addr`, holding `identity`, expecting the server's
+/// certificate to name `peer`.
+pub async fn internal_channel(
+    addr: SocketAddr,
+    identity: &MutualTls,
+    peer: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    identity.connect(format!("https://{addr}"), peer).await
+}
+
+fn internal(addrs: &ListenAddrs) -> SocketAddr {
+    addrs
+        .internal
+        .expect("a participant has an internal listener")
 }
 
 impl Cluster {
@@ -145,35 +202,40 @@ impl Cluster {
         };
         let mut stops = Vec::new();
         let mut tasks = Vec::new();
+        let certs = TestCerts::generate();
 
-        let participant = |url: &str| {
-            let mut s = ParticipantSettings::for_database(url);
+        let participant = |url: &str, identity: &MutualTls| {
+            let mut s = ParticipantSettings::for_database(url, identity.clone());
             s.sweeper.interval = options.sweep_interval;
             s.db.max_connections = TEST_POOL_SIZE;
             s.limits.admission = options.participant_admission.clone();
             s.limits.admin_tokens = admin_tokens();
             s
         };
-        let store = store_service::build(bind().await, participant(&urls.store))
+        let store = store_service::build(bind(true).await, participant(&urls.store, &certs.store))
             .await
             .expect("build store");
-        let store_addr = store.local_addr().expect("addr");
+        let store_addrs = store.local_addrs();
         let (tx, stop) = stop_signal();
         stops.push(tx);
         tasks.push(tokio::spawn(store.run_until_stopped(stop)));
 
-        let delivery = delivery_service::build(bind().await, participant(&urls.delivery))
-            .await
-            .expect("build delivery");
-        let delivery_addr = delivery.local_addr().expect("addr");
+        let delivery = delivery_service::build(
+            bind(true).await,
+            participant(&urls.delivery, &certs.delivery),
+        )
+        .await
+        .expect("build delivery");
+        let delivery_addrs = delivery.local_addrs();
         let (tx, stop) = stop_signal();
         stops.push(tx);
         tasks.push(tokio::spawn(delivery.run_until_stopped(stop)));
 
         let mut settings = OrderSettings::new(
             &urls.order,
-            format!("http://{store_addr}"),
-            format!("http://{delivery_addr}"),
+            format!("https://{}", internal(&store_addrs)),
+            format!("https://{}", internal(&delivery_addrs)),
+            certs.order.clone(),
         );
         settings.saga.reservation_ttl = options.reservation_ttl;
         settings.saga.lease = options.lease;
@@ -182,19 +244,20 @@ impl Cluster {
         settings.limits.admin_tokens = admin_tokens();
         settings.recovery.interval = options.recovery_interval;
         settings.db.max_connections = TEST_POOL_SIZE;
-        let order = order_service::OrderApp::build(bind().await, settings)
+        let order = order_service::OrderApp::build(bind(false).await, settings)
             .await
             .expect("build order");
-        let order_addr = order.local_addr().expect("addr");
+        let order_addrs = order.local_addrs();
         let (tx, stop) = stop_signal();
         stops.push(tx);
         tasks.push(tokio::spawn(order.run_until_stopped(stop)));
 
         Self {
             backend,
-            order_addr,
-            store_addr,
-            delivery_addr,
+            order_addrs,
+            store_addrs,
+            delivery_addrs,
+            certs,
             urls,
             stops,
             tasks,
@@ -216,37 +279,47 @@ impl Cluster {
 
     /// An order client.
     pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(channel(self.order_addr).await)
+        OrderServiceClient::new(channel(self.order_addrs.public).await)
     }
 
     /// An order admin client with the operator's token.
     pub async fn order_admin(&self) -> OrderAdminServiceClient<AdminChannel> {
-        OrderAdminServiceClient::with_interceptor(channel(self.order_addr).await, operator())
+        OrderAdminServiceClient::with_interceptor(channel(self.order_addrs.admin).await, operator())
     }
 
     /// A store admin client with the operator's token.
     pub async fn store_admin(&self) -> StoreAdminServiceClient<AdminChannel> {
-        StoreAdminServiceClient::with_interceptor(channel(self.store_addr).await, operator())
+        StoreAdminServiceClient::with_interceptor(channel(self.store_addrs.admin).await, operator())
     }
 
     /// A delivery admin client with the operator's token.
     pub async fn delivery_admin(&self) -> DeliveryAdminServiceClient<AdminChannel> {
-        DeliveryAdminServiceClient::with_interceptor(channel(self.delivery_addr).await, operator())
+        DeliveryAdminServiceClient::with_interceptor(
+            channel(self.delivery_addrs.admin).await,
+            operator(),
+        )
     }
 
     /// A store catalogue client.
     pub async fn store(&self) -> StoreServiceClient<Channel> {
-        StoreServiceClient::new(channel(self.store_addr).await)
+        StoreServiceClient::new(channel(self.store_addrs.public).await)
     }
 
-    /// The store's participant client (as the orchestrator uses it).
+    /// The store's participant client, holding the orchestrator's certificate (as the
+    /// orchestrator uses it).
     pub async fn store_reservations(&self) -> ReservationServiceClient<Channel> {
-        ReservationServiceClient::new(channel(self.store_addr).await)
+        let channel = internal_channel(internal(&self.store_addrs), &self.certs.order, "store");
+        ReservationServiceClient::new(channel.await.expect("connect"))
     }
 
-    /// Delivery's participant client.
+    /// Delivery's participant client, holding the orchestrator's certificate.
     pub async fn delivery_reservations(&self) -> ReservationServiceClient<Channel> {
-        ReservationServiceClient::new(channel(self.delivery_addr).await)
+        let channel = internal_channel(
+            internal(&self.delivery_addrs),
+            &self.certs.order,
+            "delivery",
+        );
+        ReservationServiceClient::new(channel.await.expect("connect"))
     }
 
     /// Creates a food with `packets` packets.
@@ -410,3 +483,5 @@ impl Cluster {
 pub fn pb_duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
+
+pub use order_saga_testkit::http::{HttpAnswer, http, metric};

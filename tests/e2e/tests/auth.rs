@@ -3,7 +3,7 @@
 //! something is `PERMISSION_DENIED`, and the public APIs need no token. Authentication does not
 //! touch the databases, so one backend (SQLite) is enough here.
 
-use order_saga_e2e::{Cluster, ClusterOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
+use order_saga_e2e::{Cluster, ClusterOptions, OPERATOR_TOKEN, VIEWER_TOKEN, channel};
 use order_saga_platform::testing::TestBackend;
 use order_saga_proto::{
     delivery::v1::{
@@ -12,8 +12,8 @@ use order_saga_proto::{
         delivery_service_client::DeliveryServiceClient,
     },
     order::v1::{
-        ForceFailOrderRequest, GetSagaStatsRequest, ListStuckOrdersRequest, RedriveOrderRequest,
-        order_admin_service_client::OrderAdminServiceClient,
+        ForceFailOrderRequest, GetSagaStatsRequest, ListOrdersRequest, ListStuckOrdersRequest,
+        RedriveOrderRequest, order_admin_service_client::OrderAdminServiceClient,
     },
     store::v1::{
         CreateFoodRequest, ListFoodsRequest, RestockRequest,
@@ -25,14 +25,6 @@ use order_saga_saga::BearerToken;
 use tonic::{Code, Status, codegen::InterceptedService, transport::Channel};
 
 type Creds = InterceptedService<Channel, BearerToken>;
-
-async fn channel(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 fn creds(token: Option<&str>) -> BearerToken {
     BearerToken::new(token).expect("token")
@@ -89,9 +81,9 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
     cluster.add_food("pizza", 2).await;
     cluster.add_agents("north", 2).await;
     let (order, store, delivery) = (
-        channel(cluster.order_addr).await,
-        channel(cluster.store_addr).await,
-        channel(cluster.delivery_addr).await,
+        channel(cluster.order_addrs.admin).await,
+        channel(cluster.store_addrs.admin).await,
+        channel(cluster.delivery_addrs.admin).await,
     );
     for (who, token, write, read) in CALLERS {
         let mut admin: OrderAdminServiceClient<Creds> =
@@ -120,6 +112,8 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
         check(who, "ListStuckOrders", got, read);
         let got = code(admin.get_saga_stats(GetSagaStatsRequest {}).await);
         check(who, "GetSagaStats", got, read);
+        let got = code(admin.list_orders(ListOrdersRequest::default()).await);
+        check(who, "ListOrders", got, read);
 
         let mut store_admin =
             StoreAdminServiceClient::with_interceptor(store.clone(), creds(token));
@@ -163,8 +157,8 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
         check(who, "CompleteDelivery", got, write);
     }
     // Only the operator changed anything: one restock and one agent added, one food created.
-    let foods = StoreServiceClient::new(store.clone())
-        .list_foods(ListFoodsRequest {})
+    let foods = StoreServiceClient::new(channel(cluster.store_addrs.public).await)
+        .list_foods(ListFoodsRequest::default())
         .await
         .expect("public read without a token")
         .into_inner()
@@ -175,8 +169,8 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
         "only the operator's restock went through"
     );
     assert_eq!(foods.len(), 2, "only the operator's food was created");
-    let zones = DeliveryServiceClient::new(delivery)
-        .list_zones(ListZonesRequest {})
+    let zones = DeliveryServiceClient::new(channel(cluster.delivery_addrs.public).await)
+        .list_zones(ListZonesRequest::default())
         .await
         .expect("public read without a token")
         .into_inner()

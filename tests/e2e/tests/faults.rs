@@ -9,19 +9,16 @@ use std::time::Duration;
 
 use order_saga_proto::{
     order::v1::{
-        ForceFailOrderRequest, NotPlacedReason, Order, OrderState, PlaceOrderRequest,
-        RedriveOrderRequest,
+        ForceFailOrderRequest, GetOrderHistoryRequest, NotPlacedReason, Order, OrderState,
+        PlaceOrderRequest, RedriveOrderRequest,
     },
-    reservation::v1::{
-        AssignRequest, ReserveRequest, reservation_service_client::ReservationServiceClient,
-    },
+    reservation::v1::{AssignRequest, ReserveRequest},
     store::v1::{GetFoodRequest, store_service_client::StoreServiceClient},
 };
 use order_saga_saga::client_may_retry;
 use order_saga_testkit::{
     campaign::{self, CampaignConfig},
     invariants,
-    pg::free_port,
     procs::{ProcCluster, ProcConfig},
     proxy::Fault,
 };
@@ -258,6 +255,7 @@ async fn s1_crash_after_reserving_then_placed_or_compensated() {
     crashed_and_restarted(&mut c, "order0").await;
     let order = place_until_final(&c, &req, SETTLE).await;
     assert_eq!(order.state, OrderState::Placed as i32, "{order:?}");
+    assert_history_through_a_crash(&c, &order.order_id).await;
 
     // Restarted after the reservations expired: not placed, nothing held.
     arm(
@@ -280,6 +278,84 @@ async fn s1_crash_after_reserving_then_placed_or_compensated() {
     );
     assert_quiet_invariants(&c).await;
     c.shutdown().await;
+}
+
+/// The history of an order whose driver crashed after persisting `assigning`: the first driver
+/// (epoch 1) created it and reserved both sides; after the restart a new driver claimed it
+/// (epoch 2: the recovery loop, or the client waiting on it) and assigned both. Nothing the
+/// crashed driver did not persist is in it.
+async fn assert_history_through_a_crash(c: &ProcCluster, order_id: &str) {
+    let mut admin = c.order_admin_client(0).await.expect("admin");
+    let events = admin
+        .get_order_history(GetOrderHistoryRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .events;
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.epoch,
+                e.kind.as_str(),
+                e.phase_from.as_str(),
+                e.phase_to.as_str(),
+            )
+        })
+        .collect();
+    let claim = summary.get(2).map(|e| e.1).unwrap_or_default();
+    assert!(
+        claim == "recovered" || claim == "taken_over",
+        "third event is a claim: {summary:?}"
+    );
+    assert_eq!(
+        summary,
+        [
+            (1, "created", "", "reserving"),
+            (1, "step", "reserving", "assigning"),
+            (2, claim, "assigning", "assigning"),
+            (2, "step", "assigning", "placed"),
+        ],
+        "{events:#?}"
+    );
+    let reserves: Vec<_> = events[1]
+        .calls
+        .iter()
+        .map(|c| (c.call.as_str(), c.code.as_str()))
+        .collect();
+    assert_eq!(
+        reserves,
+        [("reserve", "Ok"), ("reserve", "Ok")],
+        "{events:#?}"
+    );
+    assert!(!events[1].packet_id.is_empty() && !events[1].agent_id.is_empty());
+    // The restarted process keeps its instance name (order0): the epoch tells the drivers apart.
+    assert!(events.iter().all(|e| e.instance == "order0"), "{events:#?}");
+    let at = |e: &order_saga_proto::order::v1::SagaEvent| e.at.map(|t| (t.seconds, t.nanos));
+    assert!(
+        events
+            .windows(2)
+            .all(|w| at(&w[0]) <= at(&w[1]) && w[0].seq + 1 == w[1].seq),
+        "{events:#?}"
+    );
+    for e in &events {
+        println!(
+            "history {} #{} epoch {} {} {} -> {} calls {:?} instance {}",
+            order_id,
+            e.seq,
+            e.epoch,
+            e.kind,
+            e.phase_from,
+            e.phase_to,
+            e.calls
+                .iter()
+                .map(|c| format!("{} {} {}", c.side, c.call, c.code))
+                .collect::<Vec<_>>(),
+            e.instance
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -631,9 +707,7 @@ async fn s9_sweepers_killed_doubled_and_racing_assigns() {
         seconds: 1,
         nanos: 0,
     };
-    let mut store = ReservationServiceClient::connect(c.store.url.clone())
-        .await
-        .expect("store");
+    let mut store = c.reservation_client(&c.store).await.expect("store");
 
     // A sweeper killed while reservations wait to expire: the restarted store sweeps them.
     for i in 0..10 {
@@ -664,13 +738,9 @@ async fn s9_sweepers_killed_doubled_and_racing_assigns() {
     }
 
     // Two stores (two sweepers) on one database, and assigns racing the sweep at expiry.
-    let mut second = c
-        .store
-        .sibling("store-b", "STORE_LISTEN_ADDR", free_port().expect("port"));
+    let mut second = c.store.sibling("store-b").expect("ports");
     second.start_healthy("").await.expect("second store");
-    let mut store = ReservationServiceClient::connect(c.store.url.clone())
-        .await
-        .expect("store");
+    let mut store = c.reservation_client(&c.store).await.expect("store");
     let mut units = Vec::new();
     for i in 0..40 {
         let order_id = format!("race-{i}");
@@ -825,7 +895,7 @@ async fn s11_operator_takeover_fences_the_slowed_driver() {
         // The store assign is now inside its slowed transaction.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let order_id = c
-            .order_client(0)
+            .order_admin_client(0)
             .await
             .expect("client")
             .list_orders(order_saga_proto::order::v1::ListOrdersRequest {

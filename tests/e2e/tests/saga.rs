@@ -6,8 +6,8 @@ use order_saga_e2e::{Cluster, ClusterOptions, pb_duration};
 use order_saga_platform::both_backends;
 use order_saga_proto::{
     order::v1::{
-        ForceFailOrderRequest, ListOrdersRequest, ListStuckOrdersRequest, NotPlacedReason,
-        OrderState, PlaceOrderRequest, RedriveOrderRequest,
+        ForceFailOrderRequest, GetOrderHistoryRequest, ListOrdersRequest, ListStuckOrdersRequest,
+        NotPlacedReason, OrderState, PlaceOrderRequest, RedriveOrderRequest,
     },
     reservation::v1::ReserveRequest,
     store::v1::GetFoodRequest,
@@ -34,7 +34,7 @@ async fn food_counts(cluster: &Cluster, food: &str) -> (i64, i64, i64) {
 async fn zone_counts(cluster: &Cluster, zone: &str) -> (i64, i64, i64) {
     let mut client =
         order_saga_proto::delivery::v1::delivery_service_client::DeliveryServiceClient::connect(
-            format!("http://{}", cluster.delivery_addr),
+            format!("http://{}", cluster.delivery_addrs.public),
         )
         .await
         .expect("connect");
@@ -207,7 +207,7 @@ both_backends!(
         }
         // Refused requests create no order.
         let listed = cluster
-            .orders()
+            .order_admin()
             .await
             .list_orders(ListOrdersRequest::default())
             .await
@@ -481,6 +481,31 @@ both_backends!(operators_see_and_fail_stuck_orders, |backend| async move {
         failed.not_placed_reason,
         NotPlacedReason::ForceFailed as i32
     );
+    // The force-fail is in the history: the operator's claim, the decision, the releases.
+    let history = admin
+        .get_order_history(GetOrderHistoryRequest {
+            order_id: "ord-stuck".into(),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .events;
+    let summary: Vec<_> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.phase_from.as_str(), e.phase_to.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("force_failed", "reserving", "reserving"),
+            ("step", "reserving", "compensating"),
+            ("step", "compensating", "not_placed"),
+        ],
+        "{history:#?}"
+    );
+    assert!(history[1].error.contains("ForceFail"), "{history:#?}");
+    let releases: Vec<_> = history[2].calls.iter().map(|c| c.call.as_str()).collect();
+    assert_eq!(releases, ["release", "release"], "{history:#?}");
     // Placed orders cannot be failed.
     let err = admin
         .force_fail_order(ForceFailOrderRequest {
@@ -505,7 +530,7 @@ both_backends!(
                 .await
                 .expect("place");
         }
-        let mut client = cluster.orders().await;
+        let mut client = cluster.order_admin().await;
         let mut seen = Vec::new();
         let mut token = String::new();
         loop {
@@ -583,15 +608,140 @@ both_backends!(
                 .expect_err("bad count");
             assert_eq!(err.code(), Code::InvalidArgument, "count {count}");
         }
-        let err = DeliveryServiceClient::connect(format!("http://{}", cluster.delivery_addr))
-            .await
-            .expect("connect")
-            .get_zone(GetZoneRequest {
-                zone: "atlantis".into(),
-            })
-            .await
-            .expect_err("the zone was never created");
+        let err =
+            DeliveryServiceClient::connect(format!("http://{}", cluster.delivery_addrs.public))
+                .await
+                .expect("connect")
+                .get_zone(GetZoneRequest {
+                    zone: "atlantis".into(),
+                })
+                .await
+                .expect_err("the zone was never created");
         assert_eq!(err.code(), Code::NotFound);
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    every_write_of_a_saga_is_in_its_history,
+    |backend| async move {
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 1).await;
+        cluster.add_agents("north", 1).await;
+        let order = cluster
+            .place("hist-1", "pizza", "north")
+            .await
+            .expect("place");
+        assert_eq!(order.state, OrderState::Placed as i32);
+        let mut admin = cluster.order_admin().await;
+        let history = |order_id: &str| GetOrderHistoryRequest {
+            order_id: order_id.to_owned(),
+        };
+        let events = admin
+            .get_order_history(history(&order.order_id))
+            .await
+            .expect("history")
+            .into_inner()
+            .events;
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let mut calls: Vec<_> = e
+                    .calls
+                    .iter()
+                    .map(|c| format!("{} {} {}", c.side, c.call, c.code))
+                    .collect();
+                calls.sort();
+                (e.seq, e.epoch, e.kind.as_str(), e.phase_to.as_str(), calls)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, 1, "created", "reserving", vec![]),
+                (
+                    2,
+                    1,
+                    "step",
+                    "assigning",
+                    vec![
+                        "delivery reserve Ok".to_owned(),
+                        "store reserve Ok".to_owned()
+                    ]
+                ),
+                (
+                    3,
+                    1,
+                    "step",
+                    "placed",
+                    vec![
+                        "delivery assign Ok".to_owned(),
+                        "store assign Ok".to_owned()
+                    ]
+                ),
+            ],
+            "{events:#?}"
+        );
+        assert_eq!(events[2].packet_id, order.packet_id);
+        assert_eq!(events[2].agent_id, order.agent_id);
+        assert!(
+            events
+                .iter()
+                .all(|e| !e.instance.is_empty() && e.at.is_some())
+        );
+
+        // A refused order records the refusal and its code.
+        let refused = cluster
+            .place("hist-2", "pizza", "north")
+            .await
+            .expect("place");
+        assert_eq!(refused.state, OrderState::NotPlaced as i32);
+        let events = admin
+            .get_order_history(history(&refused.order_id))
+            .await
+            .expect("history")
+            .into_inner()
+            .events;
+        let codes: Vec<_> = events
+            .iter()
+            .flat_map(|e| e.calls.iter().map(|c| c.code.as_str()))
+            .collect();
+        assert!(codes.contains(&"ResourceExhausted"), "{events:#?}");
+        assert!(events.iter().any(|e| !e.error.is_empty()), "{events:#?}");
+
+        // Unknown orders are NOT_FOUND; malformed ids INVALID_ARGUMENT.
+        let err = admin
+            .get_order_history(history("ord-nope"))
+            .await
+            .expect_err("unknown");
+        assert_eq!(err.code(), Code::NotFound);
+        let err = admin
+            .get_order_history(history("bad id"))
+            .await
+            .expect_err("malformed");
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // Retention: nothing is younger than a day; everything is older than -1 s (the future).
+        let repo = order_service::repo::OrderRepo::new(cluster.order_db().await);
+        assert_eq!(
+            repo.prune_history(Duration::from_secs(86_400), 100)
+                .await
+                .expect("prune"),
+            0
+        );
+        let pruned = repo.prune_history(Duration::ZERO, 2).await.expect("prune");
+        assert_eq!(pruned, 2, "one batch");
+        repo.prune_history(Duration::ZERO, 100)
+            .await
+            .expect("prune");
+        // A pruned order still exists: an empty history, not NOT_FOUND.
+        let events = admin
+            .get_order_history(history(&order.order_id))
+            .await
+            .expect("history")
+            .into_inner()
+            .events;
+        assert!(events.is_empty(), "{events:#?}");
         cluster.stop().await;
     }
 );

@@ -9,7 +9,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use order_saga_testkit::{invariants::DbUrls, pg::free_port, procs::healthy};
+use order_saga_platform::tls::{ClusterCa, KeyPairFiles, MutualTls};
+use order_saga_testkit::{
+    invariants::DbUrls,
+    pg::free_port,
+    procs::{healthy, identity_env},
+};
 use tokio::process::{Child, Command};
 
 /// Which database the services use.
@@ -36,8 +41,12 @@ impl Backend {
 pub struct Service {
     /// `order`, `store` or `delivery`.
     pub name: &'static str,
-    /// Its gRPC URL.
+    /// Its public listener.
     pub url: String,
+    /// Its admin listener.
+    pub admin_url: String,
+    /// Its internal listener (participants: `https://`, mutual TLS).
+    pub internal_url: Option<String>,
     child: Child,
 }
 
@@ -57,6 +66,8 @@ pub struct BenchCluster {
     pub urls: DbUrls,
     /// The operator token the three services accept (random per run).
     pub admin_token: String,
+    /// The cluster CA's certificates (`ca.pem`, `<service>.pem`, `<service>.key`).
+    pub cert_dir: PathBuf,
 }
 
 /// Sizes of the three connection pools (PostgreSQL's `max_connections` is 100 by default;
@@ -95,8 +106,6 @@ impl BenchCluster {
             store: url("store")?,
             delivery: url("delivery")?,
         };
-        let ports = [free_port()?, free_port()?, free_port()?];
-        let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
         let pool = |name: &str| {
             POOLS
                 .iter()
@@ -104,39 +113,60 @@ impl BenchCluster {
                 .map_or(16, |(_, size)| *size)
                 .to_string()
         };
+        let cert_dir = dir.join("certs");
+        ClusterCa::generate("bench cluster CA")?
+            .write(&cert_dir, &["order", "store", "delivery"])?;
         let admin_token = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        let common = BTreeMap::from([
+        let mut common = BTreeMap::from([
             ("RUST_LOG".to_owned(), "warn".to_owned()),
             ("NO_COLOR".to_owned(), "1".to_owned()),
-            ("ORDER_ADMIN_TOKEN".to_owned(), admin_token.clone()),
-            ("STORE_ADMIN_TOKEN".to_owned(), admin_token.clone()),
-            ("DELIVERY_ADMIN_TOKEN".to_owned(), admin_token.clone()),
         ]);
-        let mut specs: Vec<(&'static str, BTreeMap<String, String>, String)> = Vec::new();
-        for (i, (name, prefix, db)) in [
+        for name in ["order", "store", "delivery"] {
+            common.insert(
+                format!("{}_ADMIN_TOKEN", name.to_uppercase()),
+                admin_token.clone(),
+            );
+            common.extend(identity_env(&cert_dir, name));
+        }
+        // Public, admin and (participants) internal addresses of each service.
+        let mut specs = Vec::new();
+        let mut internal: BTreeMap<&str, String> = BTreeMap::new();
+        for (name, prefix, db) in [
             ("store", "STORE", &urls.store),
             ("delivery", "DELIVERY", &urls.delivery),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+            ("order", "ORDER", &urls.order),
+        ] {
             let mut env = common.clone();
-            env.insert(format!("{prefix}_LISTEN_ADDR"), addr(i));
+            let mut listen = |var: &str| -> anyhow::Result<String> {
+                let addr = format!("127.0.0.1:{}", free_port()?);
+                env.insert(format!("{prefix}_{var}"), addr.clone());
+                Ok(addr)
+            };
+            let public = listen("LISTEN_ADDR")?;
+            let admin = listen("ADMIN_LISTEN_ADDR")?;
+            let internal_url = if name == "order" {
+                env.insert("ORDER_STORE_URL".into(), internal["store"].clone());
+                env.insert("ORDER_DELIVERY_URL".into(), internal["delivery"].clone());
+                env.insert("ORDER_INSTANCE_ID".into(), "bench".into());
+                None
+            } else {
+                let url = format!("https://{}", listen("INTERNAL_LISTEN_ADDR")?);
+                internal.insert(name, url.clone());
+                Some(url)
+            };
             env.insert(format!("{prefix}_DATABASE_URL"), db.clone());
             env.insert(format!("{prefix}_DB_MAX_CONNECTIONS"), pool(name));
-            specs.push((name, env, format!("http://{}", addr(i))));
+            specs.push((
+                name,
+                env,
+                format!("http://{public}"),
+                format!("http://{admin}"),
+                internal_url,
+            ));
         }
-        let mut env = common.clone();
-        env.insert("ORDER_LISTEN_ADDR".into(), addr(2));
-        env.insert("ORDER_DATABASE_URL".into(), urls.order.clone());
-        env.insert("ORDER_DB_MAX_CONNECTIONS".into(), pool("order"));
-        env.insert("ORDER_STORE_URL".into(), format!("http://{}", addr(0)));
-        env.insert("ORDER_DELIVERY_URL".into(), format!("http://{}", addr(1)));
-        env.insert("ORDER_INSTANCE_ID".into(), "bench".into());
-        specs.push(("order", env, format!("http://{}", addr(2))));
 
         let mut services = Vec::new();
-        for (name, env, url) in specs {
+        for (name, env, url, admin_url, internal_url) in specs {
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
             let child = Command::new(bin_dir.join(name))
                 .envs(env)
@@ -156,23 +186,52 @@ impl BenchCluster {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            services.push(Service { name, url, child });
+            services.push(Service {
+                name,
+                url,
+                admin_url,
+                internal_url,
+                child,
+            });
         }
         services.rotate_right(1); // order first
         Ok(Self {
             services,
             urls,
             admin_token,
+            cert_dir,
         })
     }
 
-    /// The URL of service `name`.
+    fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The public URL of service `name`.
     pub fn url(&self, name: &str) -> String {
-        self.services
-            .iter()
-            .find(|s| s.name == name)
+        self.service(name)
             .map(|s| s.url.clone())
             .unwrap_or_default()
+    }
+
+    /// The admin URL of service `name`.
+    pub fn admin_url(&self, name: &str) -> String {
+        self.service(name)
+            .map(|s| s.admin_url.clone())
+            .unwrap_or_default()
+    }
+
+    /// The internal URL of participant `name`.
+    pub fn internal_url(&self, name: &str) -> Option<String> {
+        self.service(name).and_then(|s| s.internal_url.clone())
+    }
+
+    /// The identity `name` (`order`, `store`, `delivery`) as a client of the internal API.
+    pub fn identity(&self, name: &str) -> anyhow::Result<MutualTls> {
+        MutualTls::load(
+            &self.cert_dir.join("ca.pem"),
+            &KeyPairFiles::in_dir(&self.cert_dir, name),
+        )
     }
 
     /// The services whose process has exited.

@@ -10,7 +10,11 @@ pub mod cluster;
 pub mod load;
 pub mod usage;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use hdrhistogram::{Histogram, serialization::Deserializer};
@@ -77,16 +81,20 @@ pub struct BenchArgs {
     /// Where results go (a `<timestamp>` directory is created inside).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Target a running cluster instead: its order service URL (store and delivery URLs
-    /// with --store-url/--delivery-url; no CPU figures or database checks then).
+    /// Target a running cluster instead: its order service's public URL (the admin listeners
+    /// with --order-admin-url, --store-admin-url, --delivery-admin-url; no CPU figures or
+    /// database checks then).
     #[arg(long)]
     pub target: Option<String>,
-    /// Store URL of a running cluster (with --target).
-    #[arg(long, default_value = "http://127.0.0.1:50052")]
-    pub store_url: String,
-    /// Delivery URL of a running cluster (with --target).
-    #[arg(long, default_value = "http://127.0.0.1:50053")]
-    pub delivery_url: String,
+    /// The order service's admin listener in a running cluster (with --target).
+    #[arg(long, default_value = "http://127.0.0.1:50251")]
+    pub order_admin_url: String,
+    /// The store's admin listener in a running cluster (with --target).
+    #[arg(long, default_value = "http://127.0.0.1:50252")]
+    pub store_admin_url: String,
+    /// Delivery's admin listener in a running cluster (with --target).
+    #[arg(long, default_value = "http://127.0.0.1:50253")]
+    pub delivery_admin_url: String,
     /// The operator token of the running cluster (with --target; the admin API refuses the
     /// bench's stocking and statistics calls without it).
     #[arg(long, env = "SAGACTL_ADMIN_TOKEN", hide_env_values = true)]
@@ -279,12 +287,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let (order_url, store_url, delivery_url) = match &cluster {
-        Some(c) => (c.url("order"), c.url("store"), c.url("delivery")),
+    let (order_url, order_admin_url, store_url, delivery_url) = match &cluster {
+        Some(c) => (
+            c.url("order"),
+            c.admin_url("order"),
+            c.admin_url("store"),
+            c.admin_url("delivery"),
+        ),
         None => (
             args.target.clone().unwrap_or_default(),
-            args.store_url.clone(),
-            args.delivery_url.clone(),
+            args.order_admin_url.clone(),
+            args.store_admin_url.clone(),
+            args.delivery_admin_url.clone(),
         ),
     };
     let (foods, zones) = args.workload.pools(args.foods, args.zones);
@@ -294,11 +308,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         foods.len(),
         zones.len()
     );
-    let admin = BearerToken::new(match &cluster {
-        Some(c) => Some(c.admin_token.as_str()),
-        None => args.admin_token.as_deref(),
-    })
-    .map_err(anyhow::Error::msg)?;
+    let admin_token = match &cluster {
+        Some(c) => Some(c.admin_token.clone()),
+        None => args.admin_token.clone(),
+    };
+    let admin = BearerToken::new(admin_token.as_deref()).map_err(anyhow::Error::msg)?;
     let stock = stock(&admin, &store_url, &delivery_url, &foods, &zones, per_pool).await?;
 
     let connections = (args.clients as usize).clamp(1, 16);
@@ -346,7 +360,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let cpu_before = cpu(&pids);
     let pg_cpu_before = usage::cpu_seconds_of_all("postgres");
     let me_before = usage::cpu_seconds(std::process::id()).unwrap_or(0.0);
-    let steps_before = step_histograms(&admin, &order_url).await?;
+    let steps_before = step_histograms(&admin, &order_admin_url).await?;
 
     let bar = ProgressBar::new(args.duration.as_secs());
     bar.set_style(
@@ -372,9 +386,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let cpu_after = cpu(&pids);
     let pg_cpu = usage::cpu_seconds_of_all("postgres") - pg_cpu_before;
     let me_cpu = usage::cpu_seconds(std::process::id()).unwrap_or(0.0) - me_before;
-    let steps_after = step_histograms(&admin, &order_url).await?;
+    let steps_after = step_histograms(&admin, &order_admin_url).await?;
     eprintln!("bench: waiting for the orders in flight");
     load.await?;
+    save_scrapes(
+        &dir,
+        admin_token.as_deref(),
+        [
+            ("order", &order_admin_url),
+            // The stocking URLs are the participants' admin listeners.
+            ("store", &store_url),
+            ("delivery", &delivery_url),
+        ],
+    )
+    .await;
 
     // Figures.
     let seconds = recorder.seconds();
@@ -550,6 +575,48 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         println!("screenshot: {}", png.display());
     }
     Ok(report)
+}
+
+/// Saves each service's metrics scrape after the run as `metrics-<service>.txt` beside the
+/// report, and prints the order outcomes it counted. A scrape that fails is reported, not fatal:
+/// the figures come from the bench's own measurements.
+async fn save_scrapes(dir: &Path, token: Option<&str>, services: [(&str, &String); 3]) {
+    let bearer = format!("Bearer {}", token.unwrap_or_default());
+    for (name, url) in services {
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse::<std::net::SocketAddr>();
+        let Ok(addr) = addr else {
+            eprintln!("bench: no metrics from {name}: {url} is not http://host:port");
+            continue;
+        };
+        let answer = order_saga_testkit::http::http(
+            addr,
+            "GET",
+            "/metrics",
+            &[("authorization", &bearer)],
+            None,
+        )
+        .await;
+        if answer.status != 200 {
+            eprintln!("bench: metrics of {name}: HTTP {}", answer.status);
+            continue;
+        }
+        let path = dir.join(format!("metrics-{name}.txt"));
+        if let Err(e) = std::fs::write(&path, &answer.body) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+        }
+        if name == "order" {
+            for line in answer
+                .body
+                .lines()
+                .filter(|l| l.starts_with("saga_orders_total"))
+            {
+                println!("metrics: {line}");
+            }
+        }
+    }
 }
 
 async fn check_invariants(urls: &DbUrls, stock: &Stock) -> anyhow::Result<Vec<String>> {

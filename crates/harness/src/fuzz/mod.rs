@@ -1,5 +1,7 @@
 //! The input fuzzer behind `make fuzz`: hostile requests to every RPC of a live cluster, on the
-//! port of each service that serves it, with and without credentials.
+//! listener of each service that serves it, with and without credentials: public RPCs on the
+//! public listener, admin RPCs on the admin listener with good, wrong or no tokens, internal
+//! RPCs on the internal listener with the orchestrator's certificate or another service's.
 //!
 //! Each request is a typed request whose fields come from [`inputs`] or, one time in eight,
 //! bytes that are not a valid message. The answer must be a documented code ([`ALLOWED`]):
@@ -77,8 +79,8 @@ const TARGETS: &[(&str, &str, Audience)] = &[
     ("order", "/order.v1.OrderService/GetOrder", Audience::Public),
     (
         "order",
-        "/order.v1.OrderService/ListOrders",
-        Audience::Public,
+        "/order.v1.OrderAdminService/ListOrders",
+        Audience::Admin,
     ),
     (
         "order",
@@ -98,6 +100,11 @@ const TARGETS: &[(&str, &str, Audience)] = &[
     (
         "order",
         "/order.v1.OrderAdminService/GetSagaStats",
+        Audience::Admin,
+    ),
+    (
+        "order",
+        "/order.v1.OrderAdminService/GetOrderHistory",
         Audience::Admin,
     ),
     ("store", "/store.v1.StoreService/GetFood", Audience::Public),
@@ -184,6 +191,10 @@ pub const ALLOWED: &[Code] = &[
     Code::DeadlineExceeded,
 ];
 
+/// Marks the answers to internal calls made with another service's certificate, which must all
+/// be `PERMISSION_DENIED`.
+pub const IMPOSTOR: &str = " (other service's certificate)";
+
 /// The answers one RPC got on one port.
 #[derive(Debug, Clone, Default)]
 pub struct RpcCounts {
@@ -235,9 +246,12 @@ impl FuzzReport {
         self.counts
             .iter()
             .flat_map(|c| c.codes.iter())
-            .filter(|(code, _)| {
-                !code.starts_with("no answer")
-                    && !ALLOWED.iter().any(|a| format!("{a:?}") == **code)
+            .filter(|(code, _)| match code.strip_suffix(IMPOSTOR) {
+                Some(code) => code != "PermissionDenied",
+                None => {
+                    !code.starts_with("no answer")
+                        && !ALLOWED.iter().any(|a| format!("{a:?}") == **code)
+                }
             })
             .map(|(_, n)| n)
             .sum()
@@ -261,10 +275,11 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
     let (known, stock) = seed_cluster(&cluster).await?;
     let stock = Arc::new(Mutex::new(stock));
 
-    // The internal ReservationService accepts any caller until service identity (mTLS) closes
-    // it: a Release naming a placed order would free its packet, which is the hole that work
-    // closes, not a finding of this fuzzer. Until then the internal RPCs get invented order
-    // and unit ids only (pools may exist).
+    // Internal RPCs go to the internal listener with the orchestrator's certificate (7 in 10)
+    // or the other participant's (which must be refused `PERMISSION_DENIED`). Holding the
+    // orchestrator's certificate is the orchestrator's authority: a Release naming a placed
+    // order would rightly free its packet. So they get invented order and unit ids only
+    // (pools may exist).
     let internal = Known {
         pools: known.pools.clone(),
         ..Known::default()
@@ -275,12 +290,31 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
         .enumerate()
         .filter(|(_, (_, rpc, _))| args.rpc.as_ref().is_none_or(|f| rpc.contains(f.as_str())));
     for (i, (service, rpc, audience)) in chosen {
-        let channel = Channel::from_shared(cluster.url(service))?
-            .connect()
-            .await?;
+        let (channel, foreign) = match audience {
+            Audience::Public => (plain(&cluster.url(service)).await?, None),
+            Audience::Admin => (plain(&cluster.admin_url(service)).await?, None),
+            Audience::Internal => {
+                let url = cluster
+                    .internal_url(service)
+                    .context("no internal listener")?;
+                let other = if *service == "store" {
+                    "delivery"
+                } else {
+                    "store"
+                };
+                (
+                    cluster
+                        .identity("order")?
+                        .connect(url.clone(), service)
+                        .await?,
+                    Some(cluster.identity(other)?.connect(url, service).await?),
+                )
+            }
+        };
         let c = fuzz_rpc(
             Fuzzed {
                 channel,
+                foreign,
                 service,
                 rpc,
                 audience: *audience,
@@ -323,9 +357,15 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
     })
 }
 
+async fn plain(url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_owned())?.connect().await?)
+}
+
 /// One RPC on one port, and what it needs to build and send requests.
 struct Fuzzed<'a> {
     channel: Channel,
+    /// For internal RPCs: a channel holding another service's certificate.
+    foreign: Option<Channel>,
     service: &'a str,
     rpc: &'a str,
     audience: Audience,
@@ -343,7 +383,7 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
     let rng = Mutex::new(StdRng::seed_from_u64(seed));
     futures::stream::iter(0..requests)
         .for_each_concurrent(concurrency.max(1), |_| async {
-            let (body, is_garbage, authorization) = {
+            let (body, is_garbage, authorization, foreign) = {
                 let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
                 let valid = inputs::request(target.rpc, &mut rng, target.known);
                 let is_garbage = rng.random_range(0..8) == 0;
@@ -352,13 +392,30 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
                 } else {
                     valid
                 };
-                (body, is_garbage, credential(&target, &mut rng))
+                let foreign = target
+                    .foreign
+                    .as_ref()
+                    .filter(|_| rng.random_range(0..10) >= 7);
+                (
+                    body,
+                    is_garbage,
+                    credential(&target, &mut rng),
+                    foreign.cloned(),
+                )
             };
             let sent = body.clone();
-            let answer = raw::call(target.channel.clone(), target.rpc, body, authorization).await;
+            let impostor = foreign.is_some();
+            let channel = foreign.unwrap_or_else(|| target.channel.clone());
+            let answer = raw::call(channel, target.rpc, body, authorization).await;
             let code = match &answer {
                 Ok(()) => Code::Ok,
                 Err(status) => status.code(),
+            };
+            // Another service's certificate must be refused, whatever the request.
+            let allowed = if impostor {
+                code == Code::PermissionDenied
+            } else {
+                ALLOWED.contains(&code)
             };
             // A mutated body may still decode to a valid request: count what the server saw.
             if code == Code::Ok {
@@ -370,12 +427,14 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
             let no_answer = matches!(&answer, Err(s) if s.message() == raw::NO_ANSWER);
             let key = if no_answer {
                 format!("no answer in {} s", CALL_TIMEOUT.as_secs())
+            } else if impostor {
+                format!("{code:?}{IMPOSTOR}")
             } else {
                 format!("{code:?}")
             };
             *c.codes.entry(key).or_default() += 1;
             c.garbage += u64::from(is_garbage);
-            if !ALLOWED.contains(&code) && c.bad.len() < 5 {
+            if !allowed && c.bad.len() < 5 {
                 // The message, and the source of a transport error (which says why).
                 let message = answer
                     .err()
@@ -385,7 +444,12 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
                     })
                     .unwrap_or_default();
                 let hex: String = sent.iter().take(64).map(|b| format!("{b:02x}")).collect();
-                let bad = format!("{code:?}: {message:?} for request {hex}");
+                let who = if impostor {
+                    " with another service's certificate"
+                } else {
+                    ""
+                };
+                let bad = format!("{code:?}{who}: {message:?} for request {hex}");
                 eprintln!("fuzz: BAD {} {}: {bad}", target.service, target.rpc);
                 c.bad.push(bad);
             }
@@ -437,7 +501,7 @@ async fn seed_cluster(cluster: &BenchCluster) -> anyhow::Result<(Known, Stock)> 
     let foods: Vec<String> = (0..4).map(|i| format!("food-{i}")).collect();
     let zones: Vec<String> = (0..4).map(|i| format!("zone-{i}")).collect();
     let admin = BearerToken::new(Some(&cluster.admin_token)).map_err(anyhow::Error::msg)?;
-    let (store, delivery) = (cluster.url("store"), cluster.url("delivery"));
+    let (store, delivery) = (cluster.admin_url("store"), cluster.admin_url("delivery"));
     let stock = crate::bench::stock(&admin, &store, &delivery, &foods, &zones, 50).await?;
     let mut known = Known {
         pools: foods.into_iter().chain(zones).collect(),
