@@ -234,10 +234,13 @@ PY
             || die "$svc is not read-only, non-root, capability-free and no-new-privileges: $got"
         if docker port "$cid" | grep -Eq '5015[23]'; then die "$svc publishes its internal listener"; fi
     done
-    if docker run --rm -e FAILPOINTS='not-a-failpoint-spec((' "$ORDER_SAGA_IMAGE" order --help >/dev/null 2>&1; then
-        log "the order binary in $ORDER_SAGA_IMAGE ignores FAILPOINTS: no failpoints compiled in"
+    # A build without failpoints refuses to start when FAILPOINTS is set, and says why.
+    local refusal
+    refusal=$(docker run --rm -e FAILPOINTS='order-after-create=panic' "$ORDER_SAGA_IMAGE" order --help 2>&1 || true)
+    if grep -q "built without the failpoints feature" <<<"$refusal"; then
+        log "the order binary in $ORDER_SAGA_IMAGE has no failpoints compiled in"
     else
-        die "the image's binaries carry failpoints (build them with make image-bins)"
+        die "the image's binaries carry failpoints (build them with make image-bins): $refusal"
     fi
 }
 

@@ -14,6 +14,10 @@
 /// Panic message that turns a failpoint panic into a process abort.
 pub const EXIT: &str = "exit";
 
+/// What a build without the `failpoints` feature says when `FAILPOINTS` is set.
+pub const WITHOUT_FAILPOINTS: &str = "FAILPOINTS is set, but this binary was built without the \
+    failpoints feature (`make build` builds the services with it; release builds never have it)";
+
 /// Keeps the failpoint configuration alive; hold it for the life of `main`.
 #[must_use = "failpoints are cleared when the guard is dropped"]
 pub struct FailpointGuard {
@@ -21,8 +25,11 @@ pub struct FailpointGuard {
     _scenario: fail::FailScenario<'static>,
 }
 
-/// Configures the failpoints named in `FAILPOINTS` (a no-op without the `failpoints`
-/// feature). Panics on a malformed `FAILPOINTS`, so a test cannot run with a typo unnoticed.
+/// Configures the failpoints named in `FAILPOINTS`. Panics on a malformed `FAILPOINTS`, so a
+/// test cannot run with a typo unnoticed. A build without the `failpoints` feature exits (code 2)
+/// on any `FAILPOINTS` at all: a fault test pointed at release binaries (or at `make image-bins`
+/// output) then fails at start-up with the reason, instead of running a scenario whose fault
+/// never fires.
 pub fn init() -> FailpointGuard {
     #[cfg(feature = "failpoints")]
     {
@@ -47,5 +54,11 @@ pub fn init() -> FailpointGuard {
         }
     }
     #[cfg(not(feature = "failpoints"))]
-    FailpointGuard {}
+    {
+        if std::env::var_os("FAILPOINTS").is_some_and(|spec| !spec.is_empty()) {
+            eprintln!("error: {WITHOUT_FAILPOINTS}");
+            std::process::exit(2);
+        }
+        FailpointGuard {}
+    }
 }
