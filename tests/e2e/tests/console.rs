@@ -3,7 +3,10 @@
 //! saving a screenshot of each page under `target/console-screenshots/`. Then the refusals,
 //! over plain HTTP: no cookie, a viewer's action, a cross-site post.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use order_saga_e2e::{
     Cluster, ClusterOptions, OPERATOR_TOKEN, VIEWER_TOKEN, http, webdriver::Browser,
@@ -12,14 +15,24 @@ use order_saga_platform::testing::TestBackend;
 use order_saga_proto::order::v1::{GetOrderRequest, OrderState};
 
 const SETTLE: Duration = Duration::from_secs(30);
-/// A lease that never runs out during the test: these sagas stay stuck until an operator acts.
-const FAR_FUTURE_MS: i64 = 9_000_000_000_000;
+/// A lease that does not run out during the test: these sagas stay stuck until an operator acts.
+const LEASE: Duration = Duration::from_secs(3600);
+/// How long ago the planted sagas started, so the pages show plausible times.
+const STARTED_AGO: Duration = Duration::from_secs(300);
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots")
 }
 
+/// Milliseconds since the Unix epoch, the orders table's time unit.
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Plants a saga whose driver died mid-reserve five minutes ago and whose lease is still held.
 async fn stuck(cluster: &Cluster, id: &str) {
+    let now = SystemTime::now();
     cluster
         .insert_abandoned_order(
             id,
@@ -28,9 +41,17 @@ async fn stuck(cluster: &Cluster, id: &str) {
             "reserving",
             ("unknown", "unknown"),
             (None, None),
-            FAR_FUTURE_MS,
+            unix_ms(now + LEASE),
         )
         .await;
+    let db = cluster.order_db().await;
+    sqlx::query("UPDATE orders SET created_at = $1, updated_at = $1 WHERE order_id = $2")
+        .bind(unix_ms(now - STARTED_AGO))
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .expect("date the planted saga");
+    db.close().await;
 }
 
 async fn state_of(cluster: &Cluster, id: &str) -> i32 {
