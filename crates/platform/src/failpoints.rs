@@ -14,10 +14,6 @@
 /// Panic message that turns a failpoint panic into a process abort.
 pub const EXIT: &str = "exit";
 
-/// What a build without the `failpoints` feature says when `FAILPOINTS` is set.
-pub const WITHOUT_FAILPOINTS: &str = "FAILPOINTS is set, but this binary was built without the \
-    failpoints feature (`make build` builds the services with it; release builds never have it)";
-
 /// Keeps the failpoint configuration alive; hold it for the life of `main`.
 #[must_use = "failpoints are cleared when the guard is dropped"]
 pub struct FailpointGuard {
@@ -56,7 +52,10 @@ pub fn init() -> FailpointGuard {
     #[cfg(not(feature = "failpoints"))]
     {
         if std::env::var_os("FAILPOINTS").is_some_and(|spec| !spec.is_empty()) {
-            eprintln!("error: {WITHOUT_FAILPOINTS}");
+            eprintln!(
+                "error: FAILPOINTS is set, but this binary was built without the failpoints \
+                 feature (`make build` builds the services with it; release builds never have it)"
+            );
             std::process::exit(2);
         }
         FailpointGuard {}

@@ -443,7 +443,8 @@ impl Cluster {
     }
 
     /// Writes an order row as a crashed instance would have left it: `phase` with the given
-    /// units, leased to `dead-instance` until `lease_expires_at` (Unix ms; 0 = already expired).
+    /// units, leased to `dead-instance` until `lease_expires_at` (Unix ms; 0 = already expired),
+    /// created and last updated at the database's current time.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_abandoned_order(
         &self,
@@ -456,12 +457,14 @@ impl Cluster {
         lease_expires_at: i64,
     ) {
         let db = self.order_db().await;
-        sqlx::query(
+        let now = db.backend().now_ms();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO orders (order_id, idempotency_key, customer_id, food_id, zone, state, phase, \
                store_leg, delivery_leg, packet_id, agent_id, attempts, lease_owner, lease_expires_at, \
                created_at, updated_at) \
-             VALUES ($1, $2, 'tester', $3, $4, 'pending', $5, $6, $7, $8, $9, 0, 'dead-instance', $10, 0, 0)",
-        )
+             VALUES ($1, $2, 'tester', $3, $4, 'pending', $5, $6, $7, $8, $9, 0, 'dead-instance', $10, \
+               {now}, {now})"
+        )))
         .bind(order_id)
         .bind(format!("key-{order_id}"))
         .bind(food)

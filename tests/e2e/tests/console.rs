@@ -17,8 +17,6 @@ use order_saga_proto::order::v1::{GetOrderRequest, OrderState};
 const SETTLE: Duration = Duration::from_secs(30);
 /// A lease that does not run out during the test: these sagas stay stuck until an operator acts.
 const LEASE: Duration = Duration::from_secs(3600);
-/// How long ago the planted sagas started, so the pages show plausible times.
-const STARTED_AGO: Duration = Duration::from_secs(300);
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots")
@@ -30,9 +28,8 @@ fn unix_ms(at: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Plants a saga whose driver died mid-reserve five minutes ago and whose lease is still held.
+/// Plants a saga whose driver died mid-reserve while its lease is still held.
 async fn stuck(cluster: &Cluster, id: &str) {
-    let now = SystemTime::now();
     cluster
         .insert_abandoned_order(
             id,
@@ -41,17 +38,9 @@ async fn stuck(cluster: &Cluster, id: &str) {
             "reserving",
             ("unknown", "unknown"),
             (None, None),
-            unix_ms(now + LEASE),
+            unix_ms(SystemTime::now() + LEASE),
         )
         .await;
-    let db = cluster.order_db().await;
-    sqlx::query("UPDATE orders SET created_at = $1, updated_at = $1 WHERE order_id = $2")
-        .bind(unix_ms(now - STARTED_AGO))
-        .bind(id)
-        .execute(db.pool())
-        .await
-        .expect("date the planted saga");
-    db.close().await;
 }
 
 async fn state_of(cluster: &Cluster, id: &str) -> i32 {
