@@ -20,7 +20,9 @@
 # Everything goes through the published ports on 127.0.0.1, with the host's sagactl.
 #
 # Environment: BIN_DIR (default target/debug), SMOKE_ORDER_PORT / SMOKE_STORE_PORT /
-# SMOKE_DELIVERY_PORT (default 50051-50053), SMOKE_KILL_ORDERS (default 2000, against half as
+# SMOKE_DELIVERY_PORT and SMOKE_*_ADMIN_PORT (default 25051-25053 and 25251-25253: below the
+# kernel's ephemeral range, so no client connection left by an earlier test can hold one),
+# SMOKE_KILL_ORDERS (default 2000, against half as
 # many packets), SMOKE_KILL_CONCURRENCY (default 16), SMOKE_KILL_AFTER (seconds of load before the
 # kill, default 4), SMOKE_KILL_RETRY_FOR (default 90s), SMOKE_KEEP=1 (leave the cluster up for inspection), COMPOSE, WALKTHROUGH_README.
 set -Eeuo pipefail
@@ -30,12 +32,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 T0=$SECONDS
 RUN_ID=$(date +%s)-$$
 PROJECT=ordersaga-smoke-$RUN_ID
-export ORDER_PORT=${SMOKE_ORDER_PORT:-50051}
-export STORE_PORT=${SMOKE_STORE_PORT:-50052}
-export DELIVERY_PORT=${SMOKE_DELIVERY_PORT:-50053}
-export ORDER_ADMIN_PORT=${SMOKE_ORDER_ADMIN_PORT:-50251}
-export STORE_ADMIN_PORT=${SMOKE_STORE_ADMIN_PORT:-50252}
-export DELIVERY_ADMIN_PORT=${SMOKE_DELIVERY_ADMIN_PORT:-50253}
+export ORDER_PORT=${SMOKE_ORDER_PORT:-25051}
+export STORE_PORT=${SMOKE_STORE_PORT:-25052}
+export DELIVERY_PORT=${SMOKE_DELIVERY_PORT:-25053}
+export ORDER_ADMIN_PORT=${SMOKE_ORDER_ADMIN_PORT:-25251}
+export STORE_ADMIN_PORT=${SMOKE_STORE_ADMIN_PORT:-25252}
+export DELIVERY_ADMIN_PORT=${SMOKE_DELIVERY_ADMIN_PORT:-25253}
 # The smoke test operates the cluster from the host: publish the admin listeners too.
 export COMPOSE_OPERATOR=1
 export ORDER_SAGA_BIND=127.0.0.1
@@ -173,7 +175,7 @@ PY
 st_up() {
     local p
     for p in "$ORDER_PORT" "$STORE_PORT" "$DELIVERY_PORT" "$ORDER_ADMIN_PORT" "$STORE_ADMIN_PORT" "$DELIVERY_ADMIN_PORT"; do
-        port_free "$p" || die "port 127.0.0.1:$p is taken; choose others with SMOKE_ORDER_PORT, SMOKE_STORE_PORT, SMOKE_DELIVERY_PORT"
+        port_free "$p" || die "port 127.0.0.1:$p is taken; choose others with SMOKE_ORDER_PORT, SMOKE_STORE_PORT, SMOKE_DELIVERY_PORT and SMOKE_*_ADMIN_PORT"
     done
     use_standins
     CLUSTER_CREATED=1
@@ -212,18 +214,18 @@ field() { sed -E "s/.*(^| )$1=([0-9]+).*/\\2/" <<<"$2"; }
 # Least privilege, as deployed: the base compose file publishes only the order API, never an
 # internal listener; every running service container has a read-only root, runs as non-root,
 # has dropped every capability and may not gain privileges (read from docker inspect);
-# the image carries no failpoints (a malformed FAILPOINTS would abort a failpoint build).
+# the image carries no failpoints (such a build refuses to start with FAILPOINTS set).
 st_hardening() {
     local config
     config=$(COMPOSE_OPERATOR=0 compose "$PROJECT" config)
-    python3 - "$config" <<'PY' || die "the base compose file is not least-privilege"
+    python3 - "$config" "$ORDER_PORT" <<'PY' || die "the base compose file is not least-privilege"
 import re, sys
-text = sys.argv[1]
+text, order_port = sys.argv[1], sys.argv[2]
 published = re.findall(r"(?:published: ['\"]?(\d+)|- (?:[\d.]+:)?(\d+):\d+)", text)
 ports = sorted({a or b for a, b in published})
 print("published by the base file:", ports)
 # Jaeger's UI (16686), Prometheus (9090) and Grafana (3000): only under the "observability" profile.
-assert [p for p in ports if p not in ("16686", "9090", "3000")] == ["50051"], ports
+assert [p for p in ports if p not in ("16686", "9090", "3000")] == [order_port], ports
 PY
     local svc cid
     for svc in store delivery order; do
