@@ -11,9 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "order/v1/order.proto",
+        "order/v1/order_admin.proto",
         "reservation/v1/reservation.proto",
         "store/v1/store.proto",
+        "store/v1/store_admin.proto",
         "delivery/v1/delivery.proto",
+        "delivery/v1/delivery_admin.proto",
     ]
     .map(|f| root.join(f));
     let out = PathBuf::from(env::var("OUT_DIR")?);

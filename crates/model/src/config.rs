@@ -27,6 +27,8 @@ pub struct Budgets {
     pub redrives: u8,
     /// Operator force-fails (`ForceFailOrder`: take over, step `ForceFail`, persist, drive).
     pub force_fails: u8,
+    /// Operator completions of a delivery (`CompleteDelivery`), at any moment, of any order.
+    pub completions: u8,
 }
 
 impl Budgets {
@@ -42,6 +44,7 @@ impl Budgets {
             "client_retries" => &mut self.client_retries,
             "redrives" => &mut self.redrives,
             "force_fails" => &mut self.force_fails,
+            "completions" => &mut self.completions,
             _ => return None,
         })
     }
@@ -57,6 +60,7 @@ impl Budgets {
         client_retries: 0,
         redrives: 0,
         force_fails: 0,
+        completions: 0,
     };
 }
 
@@ -78,6 +82,11 @@ pub struct ModelConfig {
     /// non-terminal phase. `false` models the old, broken protocol: writes are fenced on the
     /// owner name only and a terminal row may be rewritten.
     pub fence_on_epoch: bool,
+    /// The completion rule under test: an operator's `CompleteDelivery` frees an agent only
+    /// for an order stored PLACED (the order service checks the row, then tells delivery).
+    /// `false` models the old rule: delivery's admin API freed any assigned agent, whatever
+    /// its order's state.
+    pub completion_checks_placed: bool,
     /// The fault budgets.
     pub budget: Budgets,
 }
@@ -94,12 +103,31 @@ impl ModelConfig {
             instances: 2,
             shared_instance_id: false,
             fence_on_epoch: true,
+            completion_checks_placed: true,
             budget: Budgets {
                 force_fails: 1,
                 reservation_expiries: 1,
                 client_retries: 1,
                 ..Budgets::NONE
             },
+        }
+    }
+
+    /// Two orders competing for one agent while an operator completes deliveries at any
+    /// moment (also checked by `make test`): the agent of a placed order may be freed and
+    /// serve the other order; an early completion must change nothing.
+    pub fn completions() -> Self {
+        Self {
+            clients: 2,
+            packets: 2,
+            agents: 1,
+            instances: 1,
+            budget: Budgets {
+                completions: 2,
+                reservation_expiries: 1,
+                ..Budgets::NONE
+            },
+            ..Self::small()
         }
     }
 
@@ -145,10 +173,18 @@ impl ModelConfig {
             client_retries: 1,
             ..Budgets::NONE
         };
+        let mut completions = Self::completions();
+        completions.instances = 2;
+        completions.budget.crashes = 1;
+        completions.budget.client_retries = 1;
         vec![
             (
                 "two orders, one packet: force-fail, expiry, retry",
                 two_orders,
+            ),
+            (
+                "two orders, one agent: deliveries completed at any moment, an expiry, a crash",
+                completions,
             ),
             ("two orders, one packet: an instance crash, a retry", crash),
             (
@@ -172,6 +208,7 @@ impl ModelConfig {
             instances: 1,
             shared_instance_id: false,
             fence_on_epoch: true,
+            completion_checks_placed: true,
             budget: Budgets {
                 force_fails: 1,
                 client_retries: 1,
@@ -183,6 +220,12 @@ impl ModelConfig {
     /// The same world with the epoch fence switched on or off.
     pub fn with_epoch_fence(mut self, on: bool) -> Self {
         self.fence_on_epoch = on;
+        self
+    }
+
+    /// The same world with the completion rule switched on or off.
+    pub fn with_completion_check(mut self, on: bool) -> Self {
+        self.completion_checks_placed = on;
         self
     }
 

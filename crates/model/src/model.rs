@@ -324,6 +324,15 @@ pub enum Action {
         /// The order.
         order: u8,
     },
+    /// An operator completes an order's delivery through an instance (`CompleteDelivery`): the
+    /// instance reads the stored row and, only if it is PLACED, tells delivery to free the
+    /// order's agent (with the old rule, delivery freed the agent whatever the row said).
+    CompleteDelivery {
+        /// The instance the operator reaches.
+        instance: u8,
+        /// The order.
+        order: u8,
+    },
     /// A reservation's expiry passes.
     ReservationExpires {
         /// The participant.
@@ -411,6 +420,13 @@ impl fmt::Display for Action {
             }
             Action::ForceFail { instance, order } => {
                 write!(f, "operator: ForceFailOrder(o{order}) at {}", i(*instance))
+            }
+            Action::CompleteDelivery { instance, order } => {
+                write!(
+                    f,
+                    "operator: CompleteDelivery(o{order}) at {}",
+                    i(*instance)
+                )
             }
             Action::ReservationExpires { side, unit } => {
                 write!(f, "reservation of {} expires", unit_name(*side, *unit))
@@ -542,8 +558,10 @@ impl SagaModel {
                 ..driver
             });
         } else {
-            let (_, commands) = driver.saga.step(&Event::Resume);
-            Self::proceed(s, driver, commands);
+            // As `drive` does, the driver keeps what `Resume` made of the state (a reserving
+            // saga asks both sides again); it writes it with its first round's answers.
+            let (saga, commands) = driver.saga.step(&Event::Resume);
+            Self::proceed(s, Driver { saga, ..driver }, commands);
         }
         Some(())
     }
@@ -626,8 +644,8 @@ impl SagaModel {
         if driver.stage == Stage::ForceFail {
             let (saga, _) = driver.saga.step(&Event::ForceFail);
             if self.write(s, &driver, &saga) {
-                let (_, commands) = saga.step(&Event::Resume);
-                driver.saga = saga;
+                let (resumed, commands) = saga.step(&Event::Resume);
+                driver.saga = resumed;
                 Self::proceed(s, driver, commands);
             }
             return Some(());
@@ -810,6 +828,24 @@ impl SagaModel {
                 row.claim(self.config.owner_name(*instance));
                 self.start_driver(s, *order, *instance, None, force_fail)
             }
+            Action::CompleteDelivery { order, .. } => {
+                b.completions = b.completions.checked_sub(1)?;
+                let placed = s.row(*order)?.saga.phase == Phase::Placed;
+                if self.config.completion_checks_placed {
+                    if !placed {
+                        // Refused FAILED_PRECONDITION: nothing changes (the budget is spent
+                        // all the same, so refusals are explored without looping).
+                        return Some(());
+                    }
+                    s.delivery.complete(*order);
+                } else {
+                    s.delivery.free_assignment(*order);
+                }
+                if placed {
+                    s.row_mut(*order)?.delivered = true;
+                }
+                Some(())
+            }
             Action::ReservationExpires { side, unit } => {
                 b.reservation_expiries = b.reservation_expiries.checked_sub(1)?;
                 s.participant_mut(*side).expire(*unit).then_some(())
@@ -898,6 +934,12 @@ impl Model for SagaModel {
                     instance: p.instance,
                     client: p.client,
                 });
+            }
+        }
+        if b.completions > 0 {
+            // Which instance the operator reaches changes nothing: it only reads the row.
+            for order in Self::orders(s) {
+                out.push(Action::CompleteDelivery { instance: 0, order });
             }
         }
         for order in Self::orders(s) {

@@ -38,6 +38,9 @@ pub struct OrderRow {
     pub owner: u8,
     /// `epoch`: the fencing token, incremented by every claim or take-over.
     pub epoch: u8,
+    /// An operator completed the order's delivery while it was stored PLACED (the history's
+    /// `delivery_completed` event): from then on its agent may serve other orders.
+    pub delivered: bool,
 }
 
 impl OrderRow {
@@ -48,6 +51,7 @@ impl OrderRow {
             saga: Saga::new(),
             owner,
             epoch: 1,
+            delivered: false,
         }
     }
 

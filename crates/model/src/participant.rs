@@ -73,6 +73,9 @@ pub struct Participant {
     pub units: Vec<Unit>,
     /// `tombstones[order]`: the order was released here (`claims.released_at` set).
     pub tombstones: Vec<bool>,
+    /// `completed[order]`: the order's assignment here was ended because its work is done
+    /// (`claims.completed_at` set), freeing its unit.
+    pub completed: Vec<bool>,
 }
 
 impl Participant {
@@ -81,6 +84,7 @@ impl Participant {
         Self {
             units: vec![Unit::Free; usize::from(stock)],
             tombstones: vec![false; usize::from(orders)],
+            completed: vec![false; usize::from(orders)],
         }
     }
 
@@ -93,14 +97,17 @@ impl Participant {
     }
 
     /// `Engine::reserve`: refused after a release (tombstone); idempotent per order (the unit it
-    /// already holds, even an expired reservation not swept yet); else the first free or expired
-    /// unit (the engine's `LIMIT 1` picks any; units are interchangeable, so the model takes the
-    /// lowest index); else `RESOURCE_EXHAUSTED`.
+    /// already holds, even an expired reservation not swept yet, whose reservation it renews);
+    /// else the first free or expired unit (the engine's `LIMIT 1` picks any; units are
+    /// interchangeable, so the model takes the lowest index); else `RESOURCE_EXHAUSTED`.
     pub fn reserve(&mut self, order: u8) -> Outcome {
         if self.tombstoned(order) {
             return Outcome::FailedPrecondition;
         }
         if let Some(unit) = self.held_by(order) {
+            if let Some(Unit::Reserved { expired, .. }) = self.units.get_mut(usize::from(unit)) {
+                *expired = false;
+            }
             return Outcome::Reserved(unit);
         }
         let claimable = |u: &Unit| matches!(u, Unit::Free | Unit::Reserved { expired: true, .. });
@@ -146,6 +153,48 @@ impl Participant {
             }
         }
         Outcome::Released
+    }
+
+    /// `Engine::complete` (the order service's `CompleteDelivery`, once it read the order
+    /// stored PLACED): a tombstone, and the order's assigned unit freed. Idempotent; changes
+    /// nothing for an order holding an unassigned unit (the engine refuses it).
+    pub fn complete(&mut self, order: u8) {
+        if self
+            .held_by(order)
+            .and_then(|u| self.units.get(usize::from(u)))
+            .is_some_and(|u| !matches!(u, Unit::Assigned { .. }))
+        {
+            return;
+        }
+        if let Some(t) = self.tombstones.get_mut(usize::from(order)) {
+            *t = true;
+        }
+        self.free_assignment(order);
+    }
+
+    /// Frees the unit assigned to `order` and marks its work done; whether it freed one. (The
+    /// old `CompleteDelivery` did only this, for any assigned unit, whatever its order's state.)
+    pub fn free_assignment(&mut self, order: u8) -> bool {
+        let Some(unit) = self
+            .units
+            .iter_mut()
+            .find(|u| **u == Unit::Assigned { order })
+        else {
+            return false;
+        };
+        *unit = Unit::Free;
+        if let Some(c) = self.completed.get_mut(usize::from(order)) {
+            *c = true;
+        }
+        true
+    }
+
+    /// Whether the order's work here was completed (its unit freed by a completion).
+    pub fn completed(&self, order: u8) -> bool {
+        self.completed
+            .get(usize::from(order))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Time passes for one reservation. Returns whether it was an unexpired reservation.
@@ -217,7 +266,16 @@ mod tests {
         let mut p = Participant::new(1, 2);
         assert_eq!(p.reserve(0), Outcome::Reserved(0));
         assert!(p.expire(0));
-        assert_eq!(p.reserve(0), Outcome::Reserved(0), "not swept: same unit");
+        assert_eq!(
+            p.reserve(0),
+            Outcome::Reserved(0),
+            "not swept: same unit, renewed"
+        );
+        assert_eq!(p.assign(0, 0), Outcome::Assigned, "renewed: assignable");
+        assert_eq!(p.release(0), Outcome::Released);
+        let mut p = Participant::new(1, 2);
+        assert_eq!(p.reserve(0), Outcome::Reserved(0));
+        assert!(p.expire(0));
         assert_eq!(p.assign(0, 0), Outcome::FailedPrecondition, "expired");
         assert_eq!(
             p.reserve(1),
@@ -234,6 +292,32 @@ mod tests {
         assert!(!p.sweep(), "assigned units are not swept");
         assert_eq!(p.release(1), Outcome::Released);
         assert_eq!(p.units[0], Unit::Free);
+    }
+
+    #[test]
+    fn completion_frees_only_an_assignment_and_refuses_a_late_reserve() {
+        let mut p = Participant::new(1, 2);
+        assert_eq!(p.reserve(0), Outcome::Reserved(0));
+        p.complete(0);
+        assert_eq!(
+            p.units[0],
+            Unit::Reserved {
+                order: 0,
+                expired: false
+            },
+            "not assigned"
+        );
+        assert!(!p.completed(0));
+        assert_eq!(p.assign(0, 0), Outcome::Assigned);
+        p.complete(0);
+        assert_eq!(p.units[0], Unit::Free);
+        assert!(p.completed(0));
+        assert_eq!(p.reserve(0), Outcome::FailedPrecondition, "tombstone");
+        assert_eq!(
+            p.reserve(1),
+            Outcome::Reserved(0),
+            "the agent serves another order"
+        );
     }
 
     #[test]

@@ -13,8 +13,12 @@ use crate::{
 
 /// Invariant 1: no unit is reserved or assigned to two orders at once.
 pub const ONE_HOLDER_PER_UNIT: &str = "no unit is held by two orders";
-/// Invariant 2: every stored PLACED order has its packet and agent assigned to it.
+/// Invariant 2: every stored PLACED order has its packet and agent assigned to it (its agent
+/// until its delivery is completed).
 pub const PLACED_IS_ASSIGNED: &str = "every stored PLACED order holds its packet and agent";
+/// Invariant 6: no admin action frees a unit an answered PLACED relies on: a completion frees
+/// an agent only of an order stored PLACED.
+pub const COMPLETION_ONLY_WHEN_PLACED: &str = "a delivery is completed only for a PLACED order";
 /// Invariant 3, as liveness: once nothing more can happen, every order is terminal and no unit
 /// is held by an order that is not PLACED.
 pub const QUIESCENT_IS_CLEAN: &str = "once quiet, every order is terminal and nothing is held";
@@ -31,6 +35,8 @@ pub const CAN_PLACE: &str = "an order can be PLACED";
 pub const CAN_NOT_PLACE: &str = "an order can be NOT_PLACED";
 /// Example: a client can be told PLACED.
 pub const CAN_ANSWER_PLACED: &str = "a client can be told PLACED";
+/// Example (only with completions): a delivery is completed.
+pub const CAN_COMPLETE: &str = "a delivery can be completed";
 /// Example (only when orders outnumber units): an order loses the race for the last unit.
 pub const CAN_SELL_OUT: &str = "an order can be refused for lack of units";
 
@@ -43,6 +49,7 @@ pub fn all(config: &ModelConfig) -> Vec<Property<SagaModel>> {
         Property::always(UNITS_CONSERVED, units_conserved),
         Property::always(ONE_ORDER_ONE_ANSWER, one_order_one_answer),
         Property::always(PLACED_ANSWER_IS_TRUE, placed_answer_is_true),
+        Property::always(COMPLETION_ONLY_WHEN_PLACED, completion_only_when_placed),
         Property::sometimes(CAN_PLACE, |_, s: &State| {
             s.orders.iter().any(|o| o.saga.phase == Phase::Placed)
         }),
@@ -53,6 +60,11 @@ pub fn all(config: &ModelConfig) -> Vec<Property<SagaModel>> {
             s.clients.iter().any(|c| c.told_placed)
         }),
     ];
+    if config.budget.completions > 0 {
+        properties.push(Property::sometimes(CAN_COMPLETE, |_, s: &State| {
+            (0u8..).zip(&s.orders).any(|(o, _)| s.delivery.completed(o))
+        }));
+    }
     if config.clients > config.packets.min(config.agents) {
         properties.push(Property::sometimes(CAN_SELL_OUT, |_, s: &State| {
             s.orders.iter().any(|o| {
@@ -64,14 +76,16 @@ pub fn all(config: &ModelConfig) -> Vec<Property<SagaModel>> {
     properties
 }
 
-/// The participant holds `row`'s unit of `side` assigned to `order`, as the saga says.
+/// The participant holds `row`'s unit of `side` assigned to `order`, as the saga says, or the
+/// order's delivery was completed once it was placed (which freed the agent).
 fn holds_assigned(s: &State, order: u8, row: &OrderRow, side: Side) -> bool {
     let leg = row.saga.leg(side);
     let unit = leg.unit.as_deref().and_then(|u| unit_index(side, u));
     leg.state == LegState::Assigned
-        && unit.is_some_and(|u| {
-            s.participant(side).units.get(usize::from(u)) == Some(&Unit::Assigned { order })
-        })
+        && ((side == Side::Delivery && row.delivered)
+            || unit.is_some_and(|u| {
+                s.participant(side).units.get(usize::from(u)) == Some(&Unit::Assigned { order })
+            }))
 }
 
 fn placed_and_held(s: &State, order: u8) -> bool {
@@ -95,10 +109,12 @@ fn one_holder_per_unit(_: &SagaModel, s: &State) -> bool {
         let units = &s.participant(side).units;
         let per_order =
             order_ids(s).all(|o| units.iter().filter(|u| u.holder() == Some(o)).count() <= 1);
+        // A placed order whose delivery was completed no longer holds its agent, which may now
+        // serve another order.
         let placed_units: Vec<&str> = s
             .orders
             .iter()
-            .filter(|o| o.saga.phase == Phase::Placed)
+            .filter(|o| o.saga.phase == Phase::Placed && !(side == Side::Delivery && o.delivered))
             .filter_map(|o| o.saga.leg(side).unit.as_deref())
             .collect();
         let distinct = placed_units
@@ -178,4 +194,12 @@ fn placed_answer_is_true(_: &SagaModel, s: &State) -> bool {
     (0u8..).zip(&s.clients).all(|(key, c)| {
         !c.told_placed || s.order_of_key(key).is_some_and(|o| placed_and_held(s, o))
     })
+}
+
+/// Every order whose agent was freed by a completion was stored PLACED when it happened: no
+/// operator freed an agent that a PLACED answer was still to rely on.
+fn completion_only_when_placed(_: &SagaModel, s: &State) -> bool {
+    (0u8..)
+        .zip(&s.orders)
+        .all(|(order, row)| !s.participant(Side::Delivery).completed(order) || row.delivered)
 }

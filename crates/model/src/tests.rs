@@ -9,7 +9,9 @@ use std::{
 use stateright::Model;
 
 use super::*;
-use crate::properties::{PLACED_ANSWER_IS_TRUE, PLACED_IS_ASSIGNED};
+use crate::properties::{
+    COMPLETION_ONLY_WHEN_PLACED, ONE_HOLDER_PER_UNIT, PLACED_ANSWER_IS_TRUE, PLACED_IS_ASSIGNED,
+};
 
 fn print(report: &Report) {
     println!(
@@ -63,6 +65,37 @@ fn fencing_on_the_owner_name_alone_is_caught() {
 
     let fixed = check(ModelConfig::fencing_demo(), 1);
     assert!(fixed.all_hold(), "{fixed:?}");
+}
+
+#[test]
+fn deliveries_completed_at_any_moment_keep_every_placed_answer_true() {
+    let report = check(ModelConfig::completions(), 2);
+    print(&report);
+    assert!(report.all_hold(), "{report:?}");
+}
+
+#[test]
+fn completing_a_delivery_whose_order_is_not_placed_is_caught() {
+    // The old rule: delivery's admin API freed any assigned agent. With one agent and two
+    // orders, an operator completing the first order's delivery while its store assign is
+    // still to come lets the second order take the agent; both are answered PLACED.
+    let broken = check(ModelConfig::completions().with_completion_check(false), 1);
+    print(&broken);
+    for property in [
+        COMPLETION_ONLY_WHEN_PLACED,
+        PLACED_ANSWER_IS_TRUE,
+        ONE_HOLDER_PER_UNIT,
+    ] {
+        let v = broken.verdict(property).expect("the property exists");
+        assert!(
+            !v.holds,
+            "the checker must catch the early completion: {property}"
+        );
+        assert!(
+            v.trace.iter().any(|l| l.contains("CompleteDelivery")),
+            "{v:?}"
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,11 @@
 //! `RESOURCE_EXHAUSTED` (read by the saga as "sold out") as soon as one connection, such as the
 //! orchestrator's single HTTP/2 connection to a participant, had 256 requests in flight.
 //!
+//! A request waits no longer than its own deadline allows (the caller's `grpc-timeout`, less a
+//! margin), so a busy answer always arrives before the caller gives up: a caller whose timeout
+//! is shorter than the queue wait would otherwise see only its own `DEADLINE_EXCEEDED`, never
+//! the retry hint.
+//!
 //! Health checks and reflection are never queued: a busy server is still alive.
 
 use std::{
@@ -43,7 +48,7 @@ impl Default for AdmissionConfig {
         Self {
             max_in_flight: 256,
             max_queued: 4096,
-            queue_wait: Duration::from_secs(5),
+            queue_wait: Duration::from_secs(1),
             retry_after: Duration::from_millis(200),
         }
     }
@@ -143,9 +148,46 @@ impl Drop for InQueue<'_> {
     }
 }
 
+/// What a waiting request keeps of its caller's deadline to send the busy answer back in.
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
+
+/// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`, gRPC over HTTP/2).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 impl Shared {
+    /// How long a request whose caller allows `timeout` may wait for a slot: the queue wait,
+    /// or less when the caller's deadline comes first (keeping [`ANSWER_MARGIN`] for the answer).
+    fn wait_for(&self, timeout: Option<Duration>) -> Duration {
+        match timeout {
+            Some(t) => self
+                .config
+                .queue_wait
+                .min(t.saturating_sub(ANSWER_MARGIN.min(t / 2))),
+            None => self.config.queue_wait,
+        }
+    }
+
     /// A slot, or the busy status to answer with.
-    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+    async fn admit(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -163,7 +205,7 @@ impl Shared {
             return Err(busy("admission queue full"));
         }
         let _waiting = InQueue(&self.queued);
-        match tokio::time::timeout(self.config.queue_wait, self.slots.clone().acquire_owned()).await
+        match tokio::time::timeout(self.wait_for(timeout), self.slots.clone().acquire_owned()).await
         {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(busy("shutting down")),
@@ -197,8 +239,9 @@ where
             return Box::pin(inner.call(request));
         }
         let shared = self.shared.clone();
+        let timeout = grpc_timeout(request.headers());
         Box::pin(async move {
-            match shared.admit().await {
+            match shared.admit(timeout).await {
                 Ok(permit) => {
                     let response = inner.call(request).await;
                     drop(permit);
@@ -310,6 +353,57 @@ mod tests {
         }
         assert_eq!(layer.queued(), 0);
         assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_is_answered_busy_before_its_callers_deadline() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let layer = AdmissionLayer::new(AdmissionConfig {
+            max_in_flight: 1,
+            max_queued: 10,
+            queue_wait: Duration::from_secs(5),
+            retry_after: Duration::from_millis(100),
+        });
+        let mut svc = layer.layer(Hold(release.clone()));
+        let mut first = svc.clone();
+        let running = tokio::spawn(async move { first.call(request("/x.S/M")).await });
+        while layer.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The caller allows 300 ms, far less than the 5 s queue wait: its busy answer must come
+        // within its deadline, or it never sees the retry hint.
+        let mut late = request("/x.S/M");
+        late.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("300m"));
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_millis(300), svc.call(late))
+            .await
+            .expect("answered within the caller's deadline")
+            .expect("infallible");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "it waited for a slot first"
+        );
+        let status = grpc_status(&answer).expect("a grpc-status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(order_saga_saga::retry_hint(&status).is_some());
+        running.abort();
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let of = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_static(v));
+            grpc_timeout(&h)
+        };
+        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(of("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(of("10u"), Some(Duration::from_micros(10)));
+        assert_eq!(of("S"), None);
+        assert_eq!(of("123456789S"), None, "at most eight digits");
+        assert_eq!(of("5x"), None);
     }
 
     #[tokio::test]

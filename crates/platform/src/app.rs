@@ -8,7 +8,8 @@
 //! | internal | `ReservationService` (participants only) | the orchestrator, by mutual TLS |
 //! | admin | the `*AdminService`s | operators and viewers, by bearer token (TLS optional) |
 //!
-//! Health and reflection are on every listener.
+//! Health is on every listener; reflection on each describes only the services it serves
+//! (and on the admin listener needs a token).
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -124,6 +125,8 @@ struct Endpoint {
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     routes: RoutesBuilder,
+    /// Full names of the gRPC services added, for this listener's reflection.
+    services: Vec<&'static str>,
     /// Plain HTTP routes beside the gRPC ones (the metrics scrape, the console).
     http: Option<axum::Router>,
 }
@@ -138,19 +141,22 @@ pub struct ServiceApp {
 
 impl ServiceApp {
     /// Health and reflection on every listener. Fails when the internal listener has no mutual
-    /// TLS: the internal API is never served in the clear.
+    /// TLS (the internal API is never served in the clear), or when the limits do not fit
+    /// together.
     pub fn new(
         name: &'static str,
         listeners: Listeners,
         tls: ListenerTls,
         limits: ServerLimits,
     ) -> anyhow::Result<Self> {
-        let (routes, health) = base_routes()?;
+        limits.validate().map_err(anyhow::Error::msg)?;
+        let (routes, health) = base_routes();
         let mut endpoints = vec![Endpoint {
             audience: Audience::Public,
             listener: listeners.public,
             tls: tls.public.as_ref().map(ServerTls::config),
             routes: routes.clone(),
+            services: Vec::new(),
             http: None,
         }];
         if let Some(listener) = listeners.internal {
@@ -162,6 +168,7 @@ impl ServiceApp {
                 listener,
                 tls: Some(mtls.server()),
                 routes: routes.clone(),
+                services: Vec::new(),
                 http: None,
             });
         }
@@ -170,6 +177,7 @@ impl ServiceApp {
             listener: listeners.admin,
             tls: tls.admin.as_ref().map(ServerTls::config),
             routes,
+            services: Vec::new(),
             http: Some(crate::metrics::routes(crate::metrics::install(name))),
         });
         Ok(Self {
@@ -199,6 +207,9 @@ impl ServiceApp {
             panic!("{} has no {} listener", self.name, audience.as_str());
         };
         endpoint.routes.add_service(service);
+        if !endpoint.services.contains(&S::NAME) {
+            endpoint.services.push(S::NAME);
+        }
         self.health.set_serving::<S>().await;
         self
     }
@@ -252,8 +263,9 @@ impl ServiceApp {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(background(Stopping(stopping.clone())));
         let mut servers = tokio::task::JoinSet::new();
-        for endpoint in self.endpoints {
+        for mut endpoint in self.endpoints {
             let addr = endpoint.listener.local_addr()?;
+            crate::server::reflection(&mut endpoint.routes, &endpoint.services)?;
             tracing::info!(
                 service = self.name,
                 listener = endpoint.audience.as_str(),
@@ -270,6 +282,12 @@ impl ServiceApp {
                 None => routes,
             };
             let listener_name = endpoint.audience.as_str();
+            let admission = match endpoint.audience {
+                Audience::Public => limits.public_admission.clone(),
+                _ => None,
+            }
+            .unwrap_or_else(|| limits.admission.clone());
+            let guard_reflection = endpoint.audience == Audience::Admin;
             servers.spawn(async move {
                 serve(
                     endpoint.listener,
@@ -278,6 +296,8 @@ impl ServiceApp {
                         listener: listener_name,
                         tls: endpoint.tls,
                         http1,
+                        admission,
+                        guard_reflection,
                     },
                     &limits,
                     stopped.wait(),

@@ -13,14 +13,20 @@
 //! HTTP 401/403 there (a console page redirects to its login instead).
 //!
 //! A server configured with no token refuses every admin call: there is no default credential.
-//! Tokens are kept only as SHA-256 digests and compared digest to digest. Every other service
-//! (the public APIs, health, reflection) passes through untouched. Clients send their token with
+//! Tokens are kept only as SHA-256 digests, compared in constant time against every configured
+//! digest. A peer that presents [`MAX_FAILURES`] wrong tokens within [`FAILURE_WINDOW`] is
+//! refused (`RESOURCE_EXHAUSTED`, HTTP 429) for the rest of the window, valid token or not. On
+//! the admin listener, reflection needs a token too (it describes the admin API); elsewhere the
+//! public APIs, health and reflection pass through untouched. Clients send their token with
 //! [`order_saga_saga::BearerToken`].
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use sha2::{Digest, Sha256};
@@ -39,10 +45,60 @@ pub enum Role {
     Viewer,
 }
 
-/// The admin tokens a server accepts.
+/// Wrong tokens one peer (an IP address) may present per [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: u32 = 10;
+/// The window [`MAX_FAILURES`] counts in; a peer over the limit is refused until it ends.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Peers remembered at most; beyond, the oldest windows are forgotten first.
+const MAX_PEERS: usize = 10_000;
+
+/// Failed authentications per peer, shared by every clone of one server's [`AdminTokens`].
+#[derive(Debug, Default)]
+struct Throttle {
+    peers: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Throttle {
+    /// How long `peer` is still refused, if it used up its failures.
+    fn locked(&self, peer: IpAddr) -> Option<Duration> {
+        let peers = self.peers.lock().ok()?;
+        let (since, failures) = peers.get(&peer)?;
+        let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
+        (*failures >= MAX_FAILURES).then_some(left)
+    }
+
+    fn failed(&self, peer: IpAddr) {
+        let Ok(mut peers) = self.peers.lock() else {
+            return;
+        };
+        if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
+            peers.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+            if peers.len() >= MAX_PEERS
+                && let Some(oldest) = peers.iter().min_by_key(|(_, (since, _))| *since)
+            {
+                let oldest = *oldest.0;
+                peers.remove(&oldest);
+            }
+        }
+        let entry = peers.entry(peer).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+
+    fn succeeded(&self, peer: IpAddr) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.remove(&peer);
+        }
+    }
+}
+
+/// The admin tokens a server accepts, and the failed attempts of its peers.
 #[derive(Clone, Default)]
 pub struct AdminTokens {
-    digests: Vec<([u8; 32], Role)>,
+    digests: Arc<Vec<([u8; 32], Role)>>,
+    throttle: Arc<Throttle>,
 }
 
 impl std::fmt::Debug for AdminTokens {
@@ -58,11 +114,31 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Equality of two digests in time independent of where they differ.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The peer address tonic records on a request (plaintext or TLS).
+pub fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+        .map(|addr| addr.ip())
+}
+
 impl AdminTokens {
     /// Tokens for the operator and viewer roles; either may be absent. Refuses a token shorter
     /// than [`MIN_TOKEN_LEN`] or with characters a header cannot carry.
     pub fn new(operator: Option<&str>, viewer: Option<&str>) -> Result<Self, String> {
-        let mut tokens = Self::default();
+        let mut digests = Vec::new();
         for (token, role, name) in [
             (operator, Role::Operator, "admin token"),
             (viewer, Role::Viewer, "viewer token"),
@@ -80,9 +156,12 @@ impl AdminTokens {
                     "the {name} may contain only printable ASCII without spaces"
                 ));
             }
-            tokens.digests.push((digest(token), role));
+            digests.push((digest(token), role));
         }
-        Ok(tokens)
+        Ok(Self {
+            digests: Arc::new(digests),
+            throttle: Arc::default(),
+        })
     }
 
     /// True when no token is configured: every admin call is refused.
@@ -99,12 +178,71 @@ impl AdminTokens {
         self.role_of(token)
     }
 
+    /// Compares the presented token's digest with every configured one, without stopping at
+    /// a match, so the answer's timing tells nothing about the tokens.
     fn role_of(&self, token: &str) -> Option<Role> {
         let presented = digest(token);
-        self.digests
-            .iter()
-            .find(|(d, _)| *d == presented)
-            .map(|(_, role)| *role)
+        self.digests.iter().fold(None, |found, (d, role)| {
+            if ct_eq(d, &presented) {
+                Some(*role)
+            } else {
+                found
+            }
+        })
+    }
+
+    /// [`AdminTokens::authorize`] for a request from `peer`: a peer that presented
+    /// [`MAX_FAILURES`] wrong tokens in the current window is refused `RESOURCE_EXHAUSTED`
+    /// (with a retry hint) until the window ends; each wrong token counts, a right one clears
+    /// the count.
+    pub fn authorize_peer(
+        &self,
+        peer: Option<IpAddr>,
+        what: &str,
+        read_only: bool,
+        authorization: Option<&str>,
+    ) -> Result<(), Status> {
+        if let Some(left) = peer.and_then(|p| self.throttle.locked(p)) {
+            return Err(throttled(left));
+        }
+        let verdict = self.authorize(what, read_only, authorization);
+        if let Some(peer) = peer {
+            match &verdict {
+                // A token was presented and it is not one of ours: a guess.
+                Err(s) if s.code() == tonic::Code::Unauthenticated && authorization.is_some() => {
+                    self.throttle.failed(peer);
+                }
+                Ok(()) => self.throttle.succeeded(peer),
+                Err(_) => {}
+            }
+        }
+        verdict
+    }
+
+    /// The role of the token in `authorization` presented by `peer`, counting a wrong token
+    /// against the peer as [`AdminTokens::authorize_peer`] does (the console's login).
+    pub fn role_for_peer(
+        &self,
+        peer: Option<IpAddr>,
+        authorization: Option<&str>,
+    ) -> Result<Role, Status> {
+        if let Some(left) = peer.and_then(|p| self.throttle.locked(p)) {
+            return Err(throttled(left));
+        }
+        match self.role(authorization) {
+            Some(role) => {
+                if let Some(peer) = peer {
+                    self.throttle.succeeded(peer);
+                }
+                Ok(role)
+            }
+            None => {
+                if let Some(peer) = peer {
+                    self.throttle.failed(peer);
+                }
+                Err(Status::unauthenticated("invalid admin token"))
+            }
+        }
     }
 
     /// The verdict on a request to `path` with this `authorization` header value.
@@ -152,6 +290,21 @@ impl AdminTokens {
     }
 }
 
+/// The refusal of a peer that guessed too often: `RESOURCE_EXHAUSTED` (its own quota, not a
+/// busy server) with a retry hint for when its window ends.
+fn throttled(left: Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let retry = left.max(Duration::from_secs(1));
+    Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!(
+            "too many wrong admin tokens from this address; retry in {}s",
+            retry.as_secs()
+        ),
+        ErrorDetails::with_retry_info(Some(retry)),
+    )
+}
+
 /// The method name when `path` (`/<package>.<Service>/<Method>`) is an admin service's.
 fn admin_method(path: &str) -> Option<&str> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -195,6 +348,10 @@ fn http_refusal(path: &str, status: &Status) -> http::Response<tonic::body::Body
     let mut builder = http::Response::builder();
     let code = match status.code() {
         tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+        tonic::Code::ResourceExhausted => {
+            builder = builder.header(http::header::RETRY_AFTER, FAILURE_WINDOW.as_secs());
+            http::StatusCode::TOO_MANY_REQUESTS
+        }
         _ if path.starts_with("/console") => {
             builder = builder.header(http::header::LOCATION, LOGIN_PATH);
             http::StatusCode::SEE_OTHER
@@ -217,15 +374,24 @@ fn http_refusal(path: &str, status: &Status) -> http::Response<tonic::body::Body
 /// Checks admin tokens in front of a server's routes.
 #[derive(Debug, Clone)]
 pub struct AdminAuthLayer {
-    tokens: Arc<AdminTokens>,
+    tokens: AdminTokens,
+    guard_reflection: bool,
 }
 
 impl AdminAuthLayer {
     /// A layer accepting `tokens`.
     pub fn new(tokens: AdminTokens) -> Self {
         Self {
-            tokens: Arc::new(tokens),
+            tokens,
+            guard_reflection: false,
         }
+    }
+
+    /// Also require a token (either role) for server reflection: on the admin listener it
+    /// describes the admin API, which anonymous callers need not learn.
+    pub fn guard_reflection(mut self, guard: bool) -> Self {
+        self.guard_reflection = guard;
+        self
     }
 }
 
@@ -236,6 +402,7 @@ impl<S> Layer<S> for AdminAuthLayer {
         AdminAuth {
             inner,
             tokens: self.tokens.clone(),
+            guard_reflection: self.guard_reflection,
         }
     }
 }
@@ -244,7 +411,16 @@ impl<S> Layer<S> for AdminAuthLayer {
 #[derive(Debug, Clone)]
 pub struct AdminAuth<S> {
     inner: S,
-    tokens: Arc<AdminTokens>,
+    tokens: AdminTokens,
+    guard_reflection: bool,
+}
+
+/// What a gRPC path needs from the admin layer: `(what, read_only)` when a token is required.
+fn grpc_requirement(path: &str, guard_reflection: bool) -> Option<(&str, bool)> {
+    if let Some(method) = admin_method(path) {
+        return Some((method, is_read_only(method)));
+    }
+    (guard_reflection && path.starts_with("/grpc.reflection.")).then_some(("reflection", true))
 }
 
 impl<S, B> Service<http::Request<B>> for AdminAuth<S>
@@ -264,12 +440,13 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
+        let peer = peer_ip(request.extensions());
         if is_http_admin(path) {
             let read_only = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
             let credentials = http_credentials(request.headers());
             return match self
                 .tokens
-                .authorize(path, read_only, credentials.as_deref())
+                .authorize_peer(peer, path, read_only, credentials.as_deref())
             {
                 Ok(()) => Box::pin(self.inner.call(request)),
                 Err(status) => {
@@ -278,11 +455,17 @@ where
                 }
             };
         }
+        let Some((what, read_only)) = grpc_requirement(path, self.guard_reflection) else {
+            return Box::pin(self.inner.call(request));
+        };
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or_default());
-        match self.tokens.check(request.uri().path(), authorization) {
+        match self
+            .tokens
+            .authorize_peer(peer, what, read_only, authorization)
+        {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(status) => {
                 // Debug, not warn: anyone who reaches the port can send these, and a log line

@@ -192,6 +192,38 @@ impl Db {
         Ok(db)
     }
 
+    /// A second pool on the database at `url` (already created and migrated by
+    /// [`Db::connect`]) for reads that must not compete with the writes for connections: the
+    /// participants' public catalogue. On PostgreSQL, `options.max_connections` connections of
+    /// its own; on SQLite, that many read-only connections, which in WAL mode never wait for
+    /// the writer nor make it wait.
+    pub async fn connect_reader(url: &str, options: &DbOptions) -> Result<Self, DbError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = Backend::from_url(url)?;
+        let url = match backend {
+            Backend::Postgres => url.to_owned(),
+            Backend::Sqlite => {
+                let normalised = sqlite_url(url).map_err(DbError::Connect)?;
+                normalised.replace("mode=rwc", "mode=ro")
+            }
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy(&url)
+            .map_err(DbError::Connect)?;
+        Ok(Self { pool, backend })
+    }
+
     async fn try_connect(
         url: &str,
         backend: Backend,

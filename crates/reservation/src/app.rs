@@ -12,7 +12,7 @@ use order_saga_platform::{
     auth::AdminTokens,
     db::{Db, DbOptions},
     parse_duration,
-    server::ServerLimits,
+    server::{ConnectionLimits, ServerLimits},
     tls::{KeyPairFiles, MutualTls, ORCHESTRATOR, RequirePeer, ServerTls},
 };
 use order_saga_proto::reservation::v1::reservation_service_server::ReservationServiceServer;
@@ -52,9 +52,13 @@ pub struct ParticipantArgs {
     /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
     #[arg(long)]
     pub database_url: String,
-    /// Connections in the PostgreSQL pool.
+    /// Connections in the PostgreSQL pool of the orchestrator's calls and the sweeper.
     #[arg(long, default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Connections of the public catalogue's own read pool (PostgreSQL connections, or SQLite
+    /// read-only WAL connections), so public reads never take a connection a reserve needs.
+    #[arg(long, default_value_t = 4)]
+    pub public_db_max_connections: u32,
     /// Wait for a pooled connection before answering UNAVAILABLE.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
@@ -64,6 +68,11 @@ pub struct ParticipantArgs {
     /// How long the record of an order's claim and release is kept; at least the max TTL.
     #[arg(long, default_value = "7days", value_parser = parse_duration)]
     pub claim_retention: Duration,
+    /// Assigned units older than this are retired: removed, and counted as `retired` in their
+    /// pool (the store's delivered packets). `0s` keeps them forever (delivery's agents, whom
+    /// a completed delivery frees instead).
+    #[arg(long, value_parser = parse_duration)]
+    pub assigned_retention: Duration,
     /// Longest reservation TTL a caller may ask for.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub max_ttl: Duration,
@@ -76,9 +85,26 @@ pub struct ParticipantArgs {
     /// Requests waiting for admission; beyond, the answer is UNAVAILABLE with a retry hint.
     #[arg(long, default_value_t = 4096)]
     pub max_queued: usize,
-    /// Longest a request waits for admission before it is answered busy.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// Longest a request waits for admission before it is answered busy (never longer than
+    /// the caller's own deadline allows). The orchestrator's call timeout must be longer.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub queue_wait: Duration,
+    /// Public catalogue requests the server runs at once: a small share, so no volume of
+    /// public reads delays the orchestrator's calls (which have their own listener and queue).
+    #[arg(long, default_value_t = 16)]
+    pub public_max_in_flight: usize,
+    /// Public catalogue requests waiting for admission; beyond, the answer is busy.
+    #[arg(long, default_value_t = 1024)]
+    pub public_max_queued: usize,
+    /// Connections each listener holds open at once; more wait in the accept queue.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
+    /// Open health `Watch` streams per listener.
+    #[arg(long, default_value_t = 64)]
+    pub max_health_watches: usize,
     /// The retry delay a busy answer's RetryInfo asks for.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -101,6 +127,7 @@ impl ParticipantArgs {
         prefix: &'static str,
         default_addrs: [&'static str; 3],
         default_db: &'static str,
+        default_assigned_retention: &'static str,
     ) -> Self {
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
         let command = Self::command()
@@ -132,6 +159,9 @@ impl ParticipantArgs {
             })
             .mut_arg("database_url", |a| {
                 a.default_value(default_db).required(false)
+            })
+            .mut_arg("assigned_retention", |a| {
+                a.default_value(default_assigned_retention).required(false)
             });
         let matches = command.get_matches();
         Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
@@ -167,6 +197,12 @@ impl ParticipantArgs {
             public: server_tls.clone(),
             admin: server_tls,
         };
+        let admission = AdmissionConfig {
+            max_in_flight: self.max_in_flight,
+            max_queued: self.max_queued,
+            queue_wait: self.queue_wait,
+            retry_after: self.retry_after,
+        };
         Ok(ParticipantSettings {
             tls,
             database_url: self.database_url.clone(),
@@ -175,25 +211,37 @@ impl ParticipantArgs {
                 acquire_timeout: self.db_acquire_timeout,
                 ..DbOptions::default()
             },
+            public_db: DbOptions {
+                max_connections: self.public_db_max_connections,
+                acquire_timeout: self.db_acquire_timeout,
+                ..DbOptions::default()
+            },
             sweeper: SweeperConfig {
                 interval: self.sweep_interval,
                 // A shorter retention could forget a tombstone while a reserve may still come.
                 claim_retention: self.claim_retention.max(self.max_ttl),
+                assigned_retention: (!self.assigned_retention.is_zero())
+                    .then_some(self.assigned_retention),
                 ..SweeperConfig::default()
             },
             limits: ServerLimits {
                 request_timeout: self.request_timeout,
-                admission: AdmissionConfig {
-                    max_in_flight: self.max_in_flight,
-                    max_queued: self.max_queued,
-                    queue_wait: self.queue_wait,
-                    retry_after: self.retry_after,
-                },
+                public_admission: Some(AdmissionConfig {
+                    max_in_flight: self.public_max_in_flight,
+                    max_queued: self.public_max_queued,
+                    ..admission.clone()
+                }),
+                admission,
                 admin_tokens: AdminTokens::new(
                     self.admin_token.as_deref(),
                     self.viewer_token.as_deref(),
                 )
                 .map_err(anyhow::Error::msg)?,
+                connections: ConnectionLimits {
+                    max_connections: self.max_connections,
+                    max_streams_per_connection: self.max_streams_per_connection,
+                    max_health_watches: self.max_health_watches,
+                },
             },
             max_ttl: self.max_ttl,
         })
@@ -209,6 +257,8 @@ pub struct ParticipantSettings {
     pub database_url: String,
     /// Pool settings.
     pub db: DbOptions,
+    /// The public catalogue's read pool.
+    pub public_db: DbOptions,
     /// Sweeper settings.
     pub sweeper: SweeperConfig,
     /// Server limits.
@@ -228,8 +278,24 @@ impl ParticipantSettings {
             },
             database_url: database_url.into(),
             db: DbOptions::default(),
+            public_db: DbOptions {
+                max_connections: 4,
+                ..DbOptions::default()
+            },
             sweeper: SweeperConfig::default(),
-            limits: ServerLimits::default(),
+            limits: ServerLimits {
+                admission: AdmissionConfig {
+                    queue_wait: Duration::from_secs(1),
+                    ..AdmissionConfig::default()
+                },
+                public_admission: Some(AdmissionConfig {
+                    max_in_flight: 16,
+                    max_queued: 1024,
+                    queue_wait: Duration::from_secs(1),
+                    ..AdmissionConfig::default()
+                }),
+                ..ServerLimits::default()
+            },
             max_ttl: Duration::from_secs(3600),
         }
     }
@@ -238,6 +304,7 @@ impl ParticipantSettings {
 /// A participant application, built and ready to run.
 pub struct Participant {
     engine: Engine,
+    public_engine: Engine,
     app: ServiceApp,
     settings: ParticipantSettings,
 }
@@ -258,29 +325,45 @@ impl Participant {
             settings.limits.clone(),
         )?;
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
+        let reads = Db::connect_reader(&settings.database_url, &settings.public_db).await?;
         let config = EngineConfig {
             max_ttl: settings.max_ttl,
             ..EngineConfig::new(unit_prefix)
         };
+        if config.max_ttl < config.min_ttl {
+            anyhow::bail!(
+                "the max TTL ({:?}) is shorter than the min TTL ({:?})",
+                config.max_ttl,
+                config.min_ttl
+            );
+        }
         let engine = Engine::new(db, config);
+        let public_engine = engine.reading_from(reads);
+        let queue_wait = settings.limits.admission.queue_wait;
         app.add(
             Audience::Internal,
             ReservationServiceServer::with_interceptor(
-                ReservationGrpc::new(engine.clone()),
+                ReservationGrpc::new(engine.clone(), queue_wait),
                 RequirePeer::new(ORCHESTRATOR),
             ),
         )
         .await;
         Ok(Self {
             engine,
+            public_engine,
             app,
             settings,
         })
     }
 
-    /// The engine, for the service's own APIs.
+    /// The engine, for the orchestrator's reads (internal listener) and the admin API.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The engine whose counts reads go to the public read pool, for the public listener.
+    pub fn public_engine(&self) -> &Engine {
+        &self.public_engine
     }
 
     /// The application shell, to serve the service's own gRPC services
@@ -311,6 +394,7 @@ impl Participant {
             })
             .await;
         self.engine.db().close().await;
+        self.public_engine.read_db().close().await;
         served
     }
 }

@@ -1,9 +1,10 @@
 //! The reservation protocol over one participant database.
 //!
 //! Every state change is one atomic statement, or a short transaction that first locks the
-//! order's `claims` row (serialising reserve and release of the same order) and never spans a
-//! network call. Expiry is compared with the database clock inside the statement that acts on
-//! it, so application clocks never matter.
+//! order's `claims` row (serialising reserve, release and completion of the same order) and
+//! never spans a network call. Expiry is compared with the database clock inside the statement
+//! that acts on it, so application clocks never matter. Every change of a unit's status updates
+//! its pool's counts in the same transaction, so counts are read from one row per pool.
 
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ pub struct PoolCounts {
     pub reserved: i64,
     /// Permanently assigned.
     pub assigned: i64,
+    /// Assigned longer ago than the unit retention, and no longer kept one by one.
+    pub retired: i64,
 }
 
 /// A pool and its counts.
@@ -73,15 +76,6 @@ pub struct PoolInfo {
     pub created_at_ms: i64,
     /// Unit counts.
     pub counts: PoolCounts,
-}
-
-/// Who held a unit that was just freed by an administrative action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitHolder {
-    /// The unit.
-    pub unit_id: String,
-    /// The order that held it.
-    pub order_id: String,
 }
 
 /// Why an engine call did not succeed. Each variant maps to one status code (see `grpc`).
@@ -102,12 +96,12 @@ pub enum EngineError {
     /// Assign refused: the reservation expired, was released, or is held by another order.
     #[error("{0}")]
     NotHeld(String),
+    /// Completion refused: the order holds a unit here that is not assigned.
+    #[error("order {0:?} holds a unit here that is not assigned; only an assignment completes")]
+    NotAssigned(String),
     /// The pool exists already.
     #[error("pool {0:?} already exists")]
     PoolExists(String),
-    /// The unit does not exist or is not in the state the call needs.
-    #[error("{0}")]
-    UnitNotFound(String),
     /// A request field is out of range.
     #[error("{0}")]
     InvalidArgument(String),
@@ -127,31 +121,36 @@ enum Claim {
 #[derive(Debug)]
 struct Queries {
     anchor_claim: String,
+    held: String,
+    renew: String,
     claim_free: String,
     claim_expired: String,
     free_count: String,
     assign: String,
+    assigned_already: String,
     unit_state: String,
     tombstone: String,
-    release_units: String,
+    complete_claim: String,
+    lock_held: String,
+    free_unit: String,
     sweep: String,
+    retire: String,
     forget_claims: String,
+    counts: String,
     pool_info: String,
     list_pools: String,
     insert_pool: String,
     insert_pool_if_missing: String,
-    lock_unit: String,
-    finish_unit: String,
 }
+
+/// The columns of a pool with its counts; expired reservations move from reserved to
+/// available here, counted through `units_reserved_by_pool` (only live units).
+const POOL_COLUMNS: &str = "p.pool, p.name, p.created_at, p.available, p.reserved, p.assigned, \
+    p.retired, (SELECT COUNT(*) FROM units u WHERE u.pool = p.pool AND u.status = 'reserved' \
+    AND u.expires_at <= {now}) AS expired";
 
 impl Queries {
     fn new(db: &Db) -> Self {
-        let counts = "SELECT p.pool, p.name, p.created_at, \
-               COUNT(CASE WHEN u.status = 'available' \
-                 OR (u.status = 'reserved' AND u.expires_at <= {now}) THEN 1 END), \
-               COUNT(CASE WHEN u.status = 'reserved' AND u.expires_at > {now} THEN 1 END), \
-               COUNT(CASE WHEN u.status = 'assigned' THEN 1 END) \
-             FROM pools p LEFT JOIN units u ON u.pool = p.pool";
         Self {
             // One statement inserts the order's claim row or, when it exists, locks it (the
             // no-op update takes the row lock) and returns its tombstone either way.
@@ -159,6 +158,15 @@ impl Queries {
                 "INSERT INTO claims (order_id, released_at, created_at) VALUES ($1, NULL, {now}) \
                  ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
                  RETURNING released_at",
+            ),
+            held: "SELECT unit_id, pool, status, expires_at FROM units WHERE order_id = $1"
+                .to_owned(),
+            // A repeated reserve of a held reservation renews it: the order still holds the
+            // unit (nobody took it), so extending it is the same as claiming it afresh.
+            renew: db.sql(
+                "UPDATE units SET expires_at = {now} + $3, updated_at = {now} \
+                 WHERE unit_id = $1 AND order_id = $2 AND status = 'reserved' \
+                 RETURNING expires_at",
             ),
             // One statement: pick a free unit nobody else is locking, and take it. `ORDER BY
             // unit_id` makes the planner walk the partial index `units_free`, which holds only
@@ -175,7 +183,7 @@ impl Queries {
                  RETURNING unit_id, expires_at",
             ),
             // When no unit is free: take over a reservation that expired and that the sweeper
-            // has not freed yet.
+            // has not freed yet (reserved stays reserved: the counts do not change).
             claim_expired: db.sql(
                 "UPDATE units SET status = 'reserved', order_id = $1, \
                    expires_at = {now} + $3, updated_at = {now} \
@@ -186,26 +194,43 @@ impl Queries {
                  AND status = 'reserved' AND expires_at <= {now} \
                  RETURNING unit_id, expires_at",
             ),
+            // Free units of one pool, from its counts row and its expired reservations.
             free_count: db.sql(
-                "SELECT COUNT(*) FROM units WHERE pool = $1 AND (status = 'available' \
-                   OR (status = 'reserved' AND expires_at <= {now}))",
+                "SELECT p.available + (SELECT COUNT(*) FROM units u WHERE u.pool = p.pool \
+                   AND u.status = 'reserved' AND u.expires_at <= {now}) \
+                 FROM pools p WHERE p.pool = $1",
             ),
+            // Only a live reservation is assigned here; a repeat of a done assign is
+            // recognised by `assigned_already`, so the counts move once.
             assign: db.sql(
                 "UPDATE units SET status = 'assigned', expires_at = NULL, updated_at = {now} \
                  WHERE unit_id = $2 AND order_id = $1 \
-                   AND (status = 'assigned' OR (status = 'reserved' AND expires_at > {now})) \
-                 RETURNING unit_id",
+                   AND status = 'reserved' AND expires_at > {now} \
+                 RETURNING pool",
             ),
+            assigned_already: "SELECT unit_id FROM units \
+                 WHERE unit_id = $2 AND order_id = $1 AND status = 'assigned'"
+                .to_owned(),
             unit_state: db.sql("SELECT order_id, expires_at, {now} FROM units WHERE unit_id = $1"),
             tombstone: db.sql(
                 "INSERT INTO claims (order_id, released_at, created_at) VALUES ($1, {now}, {now}) \
                  ON CONFLICT (order_id) DO UPDATE \
                  SET released_at = COALESCE(claims.released_at, excluded.released_at)",
             ),
-            release_units: db.sql(
+            complete_claim: db.sql(
+                "INSERT INTO claims (order_id, released_at, created_at, completed_at) \
+                 VALUES ($1, {now}, {now}, {now}) \
+                 ON CONFLICT (order_id) DO UPDATE \
+                 SET released_at = COALESCE(claims.released_at, excluded.released_at), \
+                     completed_at = COALESCE(claims.completed_at, excluded.completed_at)",
+            ),
+            // The unit an order holds (at most one, by `units_one_per_order`), locked.
+            lock_held: db
+                .sql("SELECT unit_id, pool, status FROM units WHERE order_id = $1 {for_update}"),
+            free_unit: db.sql(
                 "UPDATE units SET status = 'available', order_id = NULL, expires_at = NULL, \
                    updated_at = {now} \
-                 WHERE order_id = $1 RETURNING unit_id",
+                 WHERE unit_id = $1",
             ),
             sweep: db.sql(
                 "UPDATE units SET status = 'available', order_id = NULL, expires_at = NULL, \
@@ -215,7 +240,17 @@ impl Queries {
                    WHERE status = 'reserved' AND expires_at <= {now} \
                    LIMIT $1 {skip_locked}) \
                  AND status = 'reserved' AND expires_at <= {now} \
-                 RETURNING unit_id",
+                 RETURNING unit_id, pool",
+            ),
+            // Assigned longer ago than the retention: oldest first, through
+            // `units_assigned_by_age`; SKIP LOCKED leaves a unit another statement is changing.
+            retire: db.sql(
+                "DELETE FROM units WHERE unit_id IN ( \
+                   SELECT unit_id FROM units \
+                   WHERE status = 'assigned' AND updated_at <= {now} - $1 \
+                   ORDER BY updated_at LIMIT $2 {skip_locked}) \
+                 AND status = 'assigned' AND updated_at <= {now} - $1 \
+                 RETURNING pool",
             ),
             // Claims whose retention has passed: the anchor's reserve and any release are
             // that long ago. SKIP LOCKED leaves a claim a reserve or release is using alone.
@@ -226,18 +261,14 @@ impl Queries {
                      AND (released_at IS NULL OR released_at <= {now} - $1) \
                    ORDER BY created_at LIMIT $2 {skip_locked})",
             ),
+            counts: "UPDATE pools SET available = available + $2, reserved = reserved + $3, \
+                   assigned = assigned + $4, retired = retired + $5 WHERE pool = $1"
+                .to_owned(),
             pool_info: db.sql(&format!(
-                "{counts} WHERE p.pool = $1 GROUP BY p.pool, p.name, p.created_at"
+                "SELECT {POOL_COLUMNS} FROM pools p WHERE p.pool = $1"
             )),
-            // The page of pools is chosen first, so only its pools' units are counted (through
-            // the index on units(pool, status)), never the whole table.
             list_pools: db.sql(&format!(
-                "{} GROUP BY p.pool, p.name, p.created_at ORDER BY p.pool",
-                counts.replace(
-                    "FROM pools p",
-                    "FROM (SELECT pool, name, created_at FROM pools WHERE pool > $1 \
-                       ORDER BY pool LIMIT $2) p",
-                )
+                "SELECT {POOL_COLUMNS} FROM pools p WHERE p.pool > $1 ORDER BY p.pool LIMIT $2"
             )),
             insert_pool: db
                 .sql("INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now})"),
@@ -245,37 +276,44 @@ impl Queries {
                 "INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now}) \
                  ON CONFLICT (pool) DO NOTHING",
             ),
-            lock_unit: db.sql("SELECT status, order_id FROM units WHERE unit_id = $1 {for_update}"),
-            finish_unit: db.sql(
-                "UPDATE units SET status = 'available', order_id = NULL, expires_at = NULL, \
-                   updated_at = {now} \
-                 WHERE unit_id = $1 AND status = 'assigned'",
-            ),
         }
     }
+}
+
+/// A change of one pool's counts.
+#[derive(Debug, Clone, Copy, Default)]
+struct CountsDelta {
+    available: i64,
+    reserved: i64,
+    assigned: i64,
+    retired: i64,
 }
 
 /// The reservation engine of one participant.
 #[derive(Debug, Clone)]
 pub struct Engine {
     db: Db,
+    /// Where pool counts are read from: the main pool, or the public read path's own pool
+    /// ([`Engine::reading_from`]).
+    reads: Db,
     config: EngineConfig,
     sql: std::sync::Arc<Queries>,
 }
 
-type CountsRow = (String, String, i64, i64, i64, i64);
+type CountsRow = (String, String, i64, i64, i64, i64, i64, i64);
 
 fn pool_info_from_row(
-    (pool, name, created_at_ms, available, reserved, assigned): CountsRow,
+    (pool, name, created_at_ms, available, reserved, assigned, retired, expired): CountsRow,
 ) -> PoolInfo {
     PoolInfo {
         pool,
         name,
         created_at_ms,
         counts: PoolCounts {
-            available,
-            reserved,
+            available: available + expired,
+            reserved: reserved - expired,
             assigned,
+            retired,
         },
     }
 }
@@ -308,16 +346,39 @@ async fn require_pool<'e>(
     }
 }
 
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Engine {
     /// An engine over `db`, whose schema must be migrated with [`crate::MIGRATOR`].
     pub fn new(db: Db, config: EngineConfig) -> Self {
         let sql = std::sync::Arc::new(Queries::new(&db));
-        Self { db, config, sql }
+        Self {
+            reads: db.clone(),
+            db,
+            config,
+            sql,
+        }
+    }
+
+    /// The same engine, reading pool counts from `reads` (the public catalogue's own pool, so
+    /// no volume of public reads can hold the connections the orchestrator's calls need).
+    pub fn reading_from(&self, reads: Db) -> Self {
+        Self {
+            reads,
+            ..self.clone()
+        }
     }
 
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The database pool counts are read from.
+    pub fn read_db(&self) -> &Db {
+        &self.reads
     }
 
     /// The settings.
@@ -327,10 +388,12 @@ impl Engine {
 
     /// Claims one free unit of `pool` for `order_id` until `ttl` passes.
     ///
-    /// Idempotent per order: when the order already holds a unit here, that unit is returned.
-    /// Refused with [`EngineError::Released`] after a release of the order (tombstone),
-    /// [`EngineError::Exhausted`] when the pool has no free unit, [`EngineError::Contended`]
-    /// when free units exist but concurrent claimants held them on every attempt.
+    /// Idempotent per order: when the order already holds a unit here, that unit is returned,
+    /// and a reservation of it is renewed until `ttl` from now (a recovering driver keeps
+    /// what the crashed one reserved). Refused with [`EngineError::Released`] after a release
+    /// of the order (tombstone), [`EngineError::Exhausted`] when the pool has no free unit,
+    /// [`EngineError::Contended`] when free units exist but concurrent claimants held them on
+    /// every attempt.
     #[instrument(skip_all, fields(order_id = %order_id, pool = %pool), err(level = "debug"))]
     pub async fn reserve(
         &self,
@@ -344,23 +407,24 @@ impl Engine {
                 self.config.min_ttl, self.config.max_ttl
             )));
         }
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = ms(ttl);
         for attempt in 1..=self.config.claim_attempts.max(1) {
             let (this, order, pool_id) = (self.clone(), order_id.to_owned(), pool.to_owned());
             let claim = detached(async move { this.try_reserve(&order, &pool_id, ttl_ms).await });
             if let Claim::Claimed(r) = claim.await? {
                 return Ok(r);
             }
-            let free: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.free_count.as_str()))
+            let free: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql.free_count.as_str()))
                 .bind(pool)
-                .fetch_one(self.db.pool())
+                .fetch_optional(self.db.pool())
                 .await?;
-            if free == 0 {
-                // Nothing to claim: an unknown pool, or one with no free unit.
-                require_pool(self.db.pool(), pool).await?;
-                return Err(EngineError::Exhausted(pool.to_owned()));
+            match free {
+                None => return Err(EngineError::UnknownPool(pool.to_owned())),
+                Some(0) => return Err(EngineError::Exhausted(pool.to_owned())),
+                Some(free) => {
+                    tracing::debug!(attempt, free, "claim skipped locked units, retrying")
+                }
             }
-            tracing::debug!(attempt, free, "claim skipped locked units, retrying");
             tokio::task::yield_now().await;
         }
         Err(EngineError::Contended(pool.to_owned()))
@@ -383,22 +447,39 @@ impl Engine {
         if released.is_some() {
             return Err(EngineError::Released(order_id.to_owned()));
         }
-        let held: Option<(String, String, Option<i64>)> =
-            sqlx::query_as("SELECT unit_id, pool, expires_at FROM units WHERE order_id = $1")
+        let held: Option<(String, String, String, Option<i64>)> =
+            sqlx::query_as(AssertSqlSafe(sql.held.as_str()))
                 .bind(order_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if let Some((unit_id, held_pool, expires_at_ms)) = held {
-            tx.commit().await?;
+        if let Some((unit_id, held_pool, status, expires_at_ms)) = held {
             if held_pool != pool {
+                tx.commit().await?;
                 return Err(EngineError::InvalidArgument(format!(
                     "order {order_id:?} already holds a unit of pool {held_pool:?}"
                 )));
             }
-            return Ok(Claim::Claimed(Reservation {
-                unit_id,
-                expires_at_ms,
-            }));
+            if status == "assigned" {
+                tx.commit().await?;
+                return Ok(Claim::Claimed(Reservation {
+                    unit_id,
+                    expires_at_ms,
+                }));
+            }
+            let renewed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.renew.as_str()))
+                .bind(&unit_id)
+                .bind(order_id)
+                .bind(ttl_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(expires_at) = renewed {
+                tx.commit().await?;
+                return Ok(Claim::Claimed(Reservation {
+                    unit_id,
+                    expires_at_ms: Some(expires_at),
+                }));
+            }
+            // The sweeper freed it between our read and the renewal: claim afresh below.
         }
         fail::fail_point!("participant-reserve-before-claim");
         let mut claimed: Option<(String, i64)> =
@@ -408,7 +489,14 @@ impl Engine {
                 .bind(ttl_ms)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if claimed.is_none() {
+        if claimed.is_some() {
+            let delta = CountsDelta {
+                available: -1,
+                reserved: 1,
+                ..CountsDelta::default()
+            };
+            self.count(&mut tx, pool, delta).await?;
+        } else {
             claimed = sqlx::query_as(AssertSqlSafe(sql.claim_expired.as_str()))
                 .bind(order_id)
                 .bind(pool)
@@ -433,20 +521,41 @@ impl Engine {
         }
     }
 
+    /// Moves one pool's counts by `delta`, in the caller's transaction.
+    async fn count(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        pool: &str,
+        delta: CountsDelta,
+    ) -> Result<(), EngineError> {
+        sqlx::query(AssertSqlSafe(self.sql.counts.as_str()))
+            .bind(pool)
+            .bind(delta.available)
+            .bind(delta.reserved)
+            .bind(delta.assigned)
+            .bind(delta.retired)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Makes the reservation of `unit_id` by `order_id` permanent.
     ///
     /// Succeeds while the reservation is held by the order and unexpired, and again on every
     /// repeat after success. Otherwise [`EngineError::NotHeld`] says why.
     #[instrument(skip_all, fields(order_id = %order_id, unit_id = %unit_id), err(level = "debug"))]
     pub async fn assign(&self, order_id: &str, unit_id: &str) -> Result<(), EngineError> {
-        fail::fail_point!("participant-assign-before-commit");
-        let done: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.assign.as_str()))
-            .bind(order_id)
-            .bind(unit_id)
-            .fetch_optional(self.db.pool())
-            .await?;
-        fail::fail_point!("participant-assign-after-commit");
-        if done.is_some() {
+        let (this, order, unit) = (self.clone(), order_id.to_owned(), unit_id.to_owned());
+        if detached(async move { this.assign_tx(&order, &unit).await }).await? {
+            return Ok(());
+        }
+        let repeat: Option<String> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.assigned_already.as_str()))
+                .bind(order_id)
+                .bind(unit_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        if repeat.is_some() {
             return Ok(());
         }
         // Refused: say why, from one more read (the refusal itself was atomic).
@@ -471,6 +580,30 @@ impl Engine {
         Err(EngineError::NotHeld(why))
     }
 
+    /// Assigns a live reservation and moves its pool's counts; false when there was none.
+    async fn assign_tx(&self, order_id: &str, unit_id: &str) -> Result<bool, EngineError> {
+        fail::fail_point!("participant-assign-before-commit");
+        let mut tx = self.db.pool().begin().await?;
+        let pool: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.assign.as_str()))
+            .bind(order_id)
+            .bind(unit_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(pool) = pool else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let delta = CountsDelta {
+            reserved: -1,
+            assigned: 1,
+            ..CountsDelta::default()
+        };
+        self.count(&mut tx, &pool, delta).await?;
+        tx.commit().await?;
+        fail::fail_point!("participant-assign-after-commit");
+        Ok(true)
+    }
+
     /// Frees whatever `order_id` holds here, reserved or assigned, and leaves a tombstone so
     /// that a reserve for the order arriving later is refused. Idempotent. Returns the unit
     /// freed by this call, if any.
@@ -486,14 +619,67 @@ impl Engine {
             .bind(order_id)
             .execute(&mut *tx)
             .await?;
-        let freed: Option<String> =
-            sqlx::query_scalar(AssertSqlSafe(self.sql.release_units.as_str()))
-                .bind(order_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let freed = self.free_held(&mut tx, order_id, false).await?;
         fail::fail_point!("participant-release-before-commit");
         tx.commit().await?;
         fail::fail_point!("participant-release-after-commit");
+        Ok(freed)
+    }
+
+    /// Frees the unit `order_id` holds (locked first), moving its pool's counts. With
+    /// `only_assigned`, a held unit that is not assigned is refused instead. Returns the
+    /// freed unit, if the order held one.
+    async fn free_held(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        order_id: &str,
+        only_assigned: bool,
+    ) -> Result<Option<String>, EngineError> {
+        let held: Option<(String, String, String)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.lock_held.as_str()))
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((unit_id, pool, status)) = held else {
+            return Ok(None);
+        };
+        let assigned = status == "assigned";
+        if only_assigned && !assigned {
+            return Err(EngineError::NotAssigned(order_id.to_owned()));
+        }
+        sqlx::query(AssertSqlSafe(self.sql.free_unit.as_str()))
+            .bind(&unit_id)
+            .execute(&mut *tx)
+            .await?;
+        let delta = CountsDelta {
+            available: 1,
+            reserved: if assigned { 0 } else { -1 },
+            assigned: if assigned { -1 } else { 0 },
+            ..CountsDelta::default()
+        };
+        self.count(tx, &pool, delta).await?;
+        Ok(Some(unit_id))
+    }
+
+    /// Ends the assignment of `order_id` because its work is done (a delivery was made): the
+    /// unit becomes available for the next order, and a tombstone refuses any later reserve
+    /// for this one. Only the orchestrator calls it, and only for an order it has stored
+    /// PLACED (design, invariant 6). Idempotent: a repeat frees nothing and succeeds.
+    /// Refused with [`EngineError::NotAssigned`] if the order holds an unassigned unit here.
+    #[instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
+    pub async fn complete(&self, order_id: &str) -> Result<Option<String>, EngineError> {
+        let (this, order_id) = (self.clone(), order_id.to_owned());
+        detached(async move { this.complete_tx(&order_id).await }).await
+    }
+
+    async fn complete_tx(&self, order_id: &str) -> Result<Option<String>, EngineError> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(AssertSqlSafe(self.sql.complete_claim.as_str()))
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+        let freed = self.free_held(&mut tx, order_id, true).await?;
+        tx.commit().await?;
         Ok(freed)
     }
 
@@ -501,10 +687,60 @@ impl Engine {
     /// Safe to run from any number of sweepers at once. Returns the freed units.
     #[instrument(skip_all, err)]
     pub async fn sweep(&self, batch: i64) -> Result<Vec<String>, EngineError> {
-        Ok(sqlx::query_scalar(AssertSqlSafe(self.sql.sweep.as_str()))
+        let this = self.clone();
+        detached(async move { this.sweep_tx(batch).await }).await
+    }
+
+    async fn sweep_tx(&self, batch: i64) -> Result<Vec<String>, EngineError> {
+        let mut tx = self.db.pool().begin().await?;
+        let freed: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(self.sql.sweep.as_str()))
             .bind(batch)
-            .fetch_all(self.db.pool())
-            .await?)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (pool, n) in per_pool(freed.iter().map(|(_, pool)| pool)) {
+            let delta = CountsDelta {
+                available: n,
+                reserved: -n,
+                ..CountsDelta::default()
+            };
+            self.count(&mut tx, pool, delta).await?;
+        }
+        tx.commit().await?;
+        Ok(freed.into_iter().map(|(unit, _)| unit).collect())
+    }
+
+    /// Removes up to `batch` units assigned longer ago than `retention` (database clock),
+    /// counting them as retired in their pool. Returns how many it removed.
+    ///
+    /// Only for units consumed by their assignment (the store's packets): a retired unit is
+    /// never freed, so no answered PLACED order loses it to another order.
+    #[instrument(skip_all, err)]
+    pub async fn retire_assigned(
+        &self,
+        retention: Duration,
+        batch: i64,
+    ) -> Result<u64, EngineError> {
+        let this = self.clone();
+        detached(async move { this.retire_tx(retention, batch).await }).await
+    }
+
+    async fn retire_tx(&self, retention: Duration, batch: i64) -> Result<u64, EngineError> {
+        let mut tx = self.db.pool().begin().await?;
+        let pools: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.retire.as_str()))
+            .bind(ms(retention))
+            .bind(batch)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (pool, n) in per_pool(pools.iter()) {
+            let delta = CountsDelta {
+                assigned: -n,
+                retired: n,
+                ..CountsDelta::default()
+            };
+            self.count(&mut tx, pool, delta).await?;
+        }
+        tx.commit().await?;
+        Ok(pools.len() as u64)
     }
 
     /// Deletes up to `batch` claims (an order's anchor and its release tombstone) older than
@@ -516,9 +752,8 @@ impl Engine {
     /// retention would only hold a unit until its TTL, when the sweeper frees it.
     #[instrument(skip_all, err)]
     pub async fn forget_claims(&self, retention: Duration, batch: i64) -> Result<u64, EngineError> {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let done = sqlx::query(AssertSqlSafe(self.sql.forget_claims.as_str()))
-            .bind(retention_ms)
+            .bind(ms(retention))
             .bind(batch)
             .execute(self.db.pool())
             .await?;
@@ -589,6 +824,11 @@ impl Engine {
             }
             query.execute(&mut *tx).await?;
         }
+        let delta = CountsDelta {
+            available: count,
+            ..CountsDelta::default()
+        };
+        self.count(&mut tx, pool, delta).await?;
         tx.commit().await?;
         // Refresh the planner's statistics now rather than when autovacuum next visits (up to
         // a minute later on PostgreSQL). Until then a table that was empty when last analysed
@@ -601,63 +841,33 @@ impl Engine {
         Ok(())
     }
 
-    /// One pool with its counts.
+    /// One pool with its counts (one row, whatever the pool handed out).
     pub async fn pool_info(&self, pool: &str) -> Result<PoolInfo, EngineError> {
         let row: Option<CountsRow> = sqlx::query_as(AssertSqlSafe(self.sql.pool_info.as_str()))
             .bind(pool)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.reads.pool())
             .await?;
         row.map(pool_info_from_row)
             .ok_or_else(|| EngineError::UnknownPool(pool.to_owned()))
     }
 
     /// Up to `limit` pools with their counts, ordered by id, starting after the pool `after`
-    /// (`""` for the first page). Counting reads only those pools' units.
+    /// (`""` for the first page). One row per pool, plus its expired reservations.
     pub async fn list_pools(&self, after: &str, limit: i64) -> Result<Vec<PoolInfo>, EngineError> {
         let rows: Vec<CountsRow> = sqlx::query_as(AssertSqlSafe(self.sql.list_pools.as_str()))
             .bind(after)
             .bind(limit)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.reads.pool())
             .await?;
         Ok(rows.into_iter().map(pool_info_from_row).collect())
     }
+}
 
-    /// Ends an assignment because the work is done (a delivery completed): the unit becomes
-    /// available again. Only assigned units can be finished.
-    #[instrument(skip_all, fields(unit_id = %unit_id), err(level = "debug"))]
-    pub async fn finish_assignment(&self, unit_id: &str) -> Result<UnitHolder, EngineError> {
-        let (this, unit_id) = (self.clone(), unit_id.to_owned());
-        detached(async move { this.finish_assignment_tx(&unit_id).await }).await
+/// How many of `pools` name each pool, in pool order (so counts rows are locked in one order).
+fn per_pool<'a>(pools: impl Iterator<Item = &'a String>) -> Vec<(&'a str, i64)> {
+    let mut counted = std::collections::BTreeMap::<&str, i64>::new();
+    for pool in pools {
+        *counted.entry(pool.as_str()).or_default() += 1;
     }
-
-    async fn finish_assignment_tx(&self, unit_id: &str) -> Result<UnitHolder, EngineError> {
-        let mut tx = self.db.pool().begin().await?;
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as(AssertSqlSafe(self.sql.lock_unit.as_str()))
-                .bind(unit_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let order_id = match row {
-            None => {
-                return Err(EngineError::UnitNotFound(format!(
-                    "unit {unit_id:?} not found"
-                )));
-            }
-            Some((status, Some(order_id))) if status == "assigned" => order_id,
-            Some(_) => {
-                return Err(EngineError::UnitNotFound(format!(
-                    "unit {unit_id:?} is not assigned to an order"
-                )));
-            }
-        };
-        sqlx::query(AssertSqlSafe(self.sql.finish_unit.as_str()))
-            .bind(unit_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(UnitHolder {
-            unit_id: unit_id.to_owned(),
-            order_id,
-        })
-    }
+    counted.into_iter().collect()
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use order_saga_platform::{db::status_from_db_error, validate_id};
 use order_saga_proto::reservation::v1::{
-    AssignRequest, AssignResponse, ReleaseRequest, ReleaseResponse, ReserveRequest,
-    ReserveResponse, reservation_service_server::ReservationService,
+    AssignRequest, AssignResponse, CompleteRequest, CompleteResponse, GetLimitsRequest, Limits,
+    ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse,
+    reservation_service_server::ReservationService,
 };
 use order_saga_saga::Refusal;
 use tonic::{Request, Response, Status};
@@ -25,10 +26,10 @@ impl From<EngineError> for Status {
             EngineError::Released(_) | EngineError::NotHeld(_) => {
                 Refusal::NotHeld.status(err.to_string())
             }
-            EngineError::UnitNotFound(_) => Status::not_found(err.to_string()),
+            EngineError::NotAssigned(_) => Status::failed_precondition(err.to_string()),
             EngineError::Contended(_) => Status::aborted(err.to_string()),
             EngineError::PoolExists(_) => Status::already_exists(err.to_string()),
-            EngineError::InvalidArgument(msg) => Status::invalid_argument(msg),
+            EngineError::InvalidArgument(msg) => Refusal::Rejected.status(msg),
             EngineError::Db(e) => status_from_db_error(&e, "reservation engine"),
         }
     }
@@ -78,28 +79,36 @@ pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A bad field of a reservation request: a definitive refusal (`INVALID_ARGUMENT` with its
+/// reason), unlike a bare `INVALID_ARGUMENT` a proxy might answer.
 fn check_id(field: &str, value: &str) -> Result<(), Status> {
-    validate_id(field, value, MAX_ID_LEN).map_err(Status::invalid_argument)
+    validate_id(field, value, MAX_ID_LEN).map_err(|m| Refusal::Rejected.status(m))
 }
 
 /// The participant gRPC service, identical for the store and delivery.
 #[derive(Debug, Clone)]
 pub struct ReservationGrpc {
     engine: Engine,
+    queue_wait: Duration,
 }
 
 impl ReservationGrpc {
-    /// Serves `engine`.
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    /// Serves `engine`; `queue_wait` is the internal listener's admission wait, reported by
+    /// `GetLimits`.
+    pub fn new(engine: Engine, queue_wait: Duration) -> Self {
+        Self { engine, queue_wait }
     }
+}
+
+fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
 }
 
 /// A request's TTL as a `Duration`, refusing a negative one. The sign is checked here first:
 /// prost-types' own conversion negates a negative value to report it, which overflows (a panic
 /// in debug builds) for `seconds = i64::MIN`; the fuzzer found that.
 fn ttl_from_proto(ttl: prost_types::Duration) -> Result<Duration, Status> {
-    let negative = || Status::invalid_argument("ttl must be positive");
+    let negative = || Refusal::Rejected.status("ttl must be positive");
     if ttl.seconds < 0 || ttl.nanos < 0 {
         return Err(negative());
     }
@@ -118,7 +127,7 @@ impl ReservationService for ReservationGrpc {
         check_id("pool", &req.pool)?;
         let ttl = req
             .ttl
-            .ok_or_else(|| Status::invalid_argument("ttl is required"))
+            .ok_or_else(|| Refusal::Rejected.status("ttl is required"))
             .and_then(ttl_from_proto)?;
         let reservation = self.engine.reserve(&req.order_id, &req.pool, ttl).await?;
         tracing::debug!(unit_id = %reservation.unit_id, pool = %req.pool, "reserved");
@@ -154,6 +163,32 @@ impl ReservationService for ReservationGrpc {
         tracing::debug!(unit_id = ?freed, "released");
         Ok(Response::new(ReleaseResponse {
             released_unit_id: freed.unwrap_or_default(),
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<CompleteRequest>,
+    ) -> Result<Response<CompleteResponse>, Status> {
+        let req = request.into_inner();
+        check_id("order_id", &req.order_id)?;
+        order_saga_platform::telemetry::record_order_id(&req.order_id);
+        let freed = self.engine.complete(&req.order_id).await?;
+        tracing::info!(unit_id = ?freed, "completed");
+        Ok(Response::new(CompleteResponse {
+            unit_id: freed.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_limits(
+        &self,
+        _request: Request<GetLimitsRequest>,
+    ) -> Result<Response<Limits>, Status> {
+        let config = self.engine.config();
+        Ok(Response::new(Limits {
+            min_ttl: proto_duration(config.min_ttl),
+            max_ttl: proto_duration(config.max_ttl),
+            queue_wait: proto_duration(self.queue_wait),
         }))
     }
 }
@@ -218,6 +253,17 @@ mod tests {
             code(EngineError::InvalidArgument("x".into())),
             tonic::Code::InvalidArgument
         );
+        // Every refusal the orchestrator must not retry carries its reason.
+        for e in [
+            EngineError::Exhausted("p".into()),
+            EngineError::UnknownPool("p".into()),
+            EngineError::Released("o".into()),
+            EngineError::NotHeld("x".into()),
+            EngineError::InvalidArgument("x".into()),
+        ] {
+            let status = Status::from(e);
+            assert!(Refusal::of(&status).is_some(), "{status:?}");
+        }
         let internal = Status::from(EngineError::Db(sqlx::Error::RowNotFound));
         assert_eq!(internal.code(), tonic::Code::Internal);
         assert_eq!(internal.message(), "internal error");

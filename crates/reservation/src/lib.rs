@@ -22,7 +22,7 @@ pub use sweeper::SweeperConfig;
 
 pub use engine::{
     Engine, EngineConfig, EngineError, MAX_UNITS_PER_CALL, PoolCounts, PoolInfo, Reservation,
-    UnitHolder, check_unit_count,
+    check_unit_count,
 };
 
 /// The embedded migrations of a participant database.

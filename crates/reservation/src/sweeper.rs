@@ -1,5 +1,6 @@
-//! The sweeper: periodically frees reservations whose expiry has passed, and forgets claims
-//! (anchors and release tombstones) older than the claim retention so the table stays bounded.
+//! The sweeper: periodically frees reservations whose expiry has passed, forgets claims
+//! (anchors and release tombstones) older than the claim retention, and retires assigned
+//! units older than the unit retention, so the tables stay bounded by the live units.
 //!
 //! Each participant runs one as a background task. Expiry is judged by the database clock
 //! inside the sweeping statement, and rows are taken with `SKIP LOCKED`, so any number of
@@ -21,6 +22,9 @@ pub struct SweeperConfig {
     pub batch: i64,
     /// How long claims are kept (see [`Engine::forget_claims`]).
     pub claim_retention: Duration,
+    /// How long assigned units are kept before they are retired (see
+    /// [`Engine::retire_assigned`]); `None` keeps them.
+    pub assigned_retention: Option<Duration>,
 }
 
 impl Default for SweeperConfig {
@@ -29,6 +33,7 @@ impl Default for SweeperConfig {
             interval: Duration::from_secs(1),
             batch: 1000,
             claim_retention: DEFAULT_CLAIM_RETENTION,
+            assigned_retention: None,
         }
     }
 }
@@ -39,6 +44,9 @@ pub async fn run(engine: Engine, config: SweeperConfig, shutdown: impl Future<Ou
     order_saga_platform::app::every(config.interval, shutdown, || async {
         release_expired(&engine, &config).await;
         forget_old_claims(&engine, &config).await;
+        if let Some(retention) = config.assigned_retention {
+            retire_old_assignments(&engine, retention, config.batch).await;
+        }
     })
     .await;
 }
@@ -68,6 +76,7 @@ pub async fn report_units(engine: Engine, shutdown: impl Future<Output = ()>) {
                     ("available", c.available),
                     ("reserved", c.reserved),
                     ("assigned", c.assigned),
+                    ("retired", c.retired),
                 ] {
                     metrics::gauge!("reservation_units", "pool" => p.pool.clone(), "state" => state)
                         .set(n as f64);
@@ -97,6 +106,26 @@ async fn release_expired(engine: &Engine, config: &SweeperConfig) {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "sweep failed, will retry");
+                return;
+            }
+        }
+    }
+}
+
+/// Retires the units assigned longer ago than `retention`, in batches.
+async fn retire_old_assignments(engine: &Engine, retention: Duration, batch: i64) {
+    loop {
+        match engine.retire_assigned(retention, batch).await {
+            Ok(0) => return,
+            Ok(n) => {
+                tracing::info!(count = n, "retired units past the unit retention");
+                metrics::counter!("reservation_units_retired_total").increment(n);
+                if (n as i64) < batch {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retiring old assignments failed, will retry");
                 return;
             }
         }

@@ -559,3 +559,216 @@ both_backends!(
         );
     }
 );
+
+/// The pool's maintained counts against the units themselves.
+async fn counted(engine: &Engine, pool: &str) -> (i64, i64, i64) {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM units WHERE pool = $1 GROUP BY status")
+            .bind(pool)
+            .fetch_all(engine.db().pool())
+            .await
+            .expect("count units");
+    let of = |s: &str| rows.iter().find(|r| r.0 == s).map_or(0, |r| r.1);
+    (of("available"), of("reserved"), of("assigned"))
+}
+
+async fn maintained(engine: &Engine, pool: &str) -> (i64, i64, i64) {
+    sqlx::query_as("SELECT available, reserved, assigned FROM pools WHERE pool = $1")
+        .bind(pool)
+        .fetch_one(engine.db().pool())
+        .await
+        .expect("read counts")
+}
+
+both_backends!(
+    counts_are_maintained_through_every_change,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 30).await;
+        // Many orders at once, each through a different path: assigned, released after
+        // reserving, released after assigning, completed, expired and swept, repeated.
+        let work = (0..40).map(|i| {
+            let engine = engine.clone();
+            async move {
+                let id = format!("o{i}");
+                let ttl = if i % 6 == 4 {
+                    Duration::from_millis(30)
+                } else {
+                    LONG
+                };
+                let Ok(r) = engine.reserve(&id, "pizza", ttl).await else {
+                    return;
+                };
+                match i % 6 {
+                    0 => engine.assign(&id, &r.unit_id).await.expect("assign"),
+                    1 => drop(engine.release(&id).await.expect("release")),
+                    2 => {
+                        engine.assign(&id, &r.unit_id).await.expect("assign");
+                        engine.release(&id).await.expect("release");
+                    }
+                    3 => {
+                        engine.assign(&id, &r.unit_id).await.expect("assign");
+                        engine.assign(&id, &r.unit_id).await.expect("repeat");
+                        engine.complete(&id).await.expect("complete");
+                        engine.complete(&id).await.expect("repeat");
+                    }
+                    4 => {}
+                    _ => drop(engine.reserve(&id, "pizza", LONG).await),
+                }
+            }
+        });
+        futures::future::join_all(work).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while counted(&engine, "pizza").await != maintained(&engine, "pizza").await
+            || !engine.sweep(100).await.expect("sweep").is_empty()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "counts {:?}, units {:?}",
+                maintained(&engine, "pizza").await,
+                counted(&engine, "pizza").await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (a, r, s) = counted(&engine, "pizza").await;
+        assert_eq!(a + r + s, 30, "units conserved");
+        assert_eq!(maintained(&engine, "pizza").await, (a, r, s));
+    }
+);
+
+both_backends!(
+    a_repeated_reserve_renews_a_reservation_nobody_took,
+    |backend| async move {
+        // A driver recovering a saga reserves again; the unit the order still holds must come
+        // back with a fresh expiry, so the assign that follows is not refused for a
+        // reservation that ran out while nobody drove the saga. (Main returned the unit but
+        // kept its expiry, and the assign failed "expired".)
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 1).await;
+        let first = engine
+            .reserve("o1", "pizza", Duration::from_millis(50))
+            .await
+            .expect("reserve");
+        wait_expired(&engine, &first.unit_id).await;
+        let again = engine.reserve("o1", "pizza", LONG).await.expect("renew");
+        assert_eq!(again.unit_id, first.unit_id, "the same unit");
+        assert!(again.expires_at_ms > first.expires_at_ms, "a later expiry");
+        engine
+            .assign("o1", &again.unit_id)
+            .await
+            .expect("the renewed reservation is assignable");
+        // An assigned unit is returned as it is.
+        let assigned = engine.reserve("o1", "pizza", LONG).await.expect("repeat");
+        assert_eq!(assigned.expires_at_ms, None);
+    }
+);
+
+both_backends!(
+    completion_frees_only_an_assignment_and_refuses_a_late_reserve,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "north", 1).await;
+        // Nothing held: a no-op that still refuses a late reserve.
+        assert_eq!(engine.complete("never").await.expect("complete"), None);
+        assert!(matches!(
+            engine.reserve("never", "north", LONG).await,
+            Err(EngineError::Released(_))
+        ));
+        let r = engine.reserve("o1", "north", LONG).await.expect("reserve");
+        assert!(matches!(
+            engine.complete("o1").await,
+            Err(EngineError::NotAssigned(_))
+        ));
+        engine.assign("o1", &r.unit_id).await.expect("assign");
+        assert_eq!(
+            engine.complete("o1").await.expect("complete"),
+            Some(r.unit_id.clone())
+        );
+        assert_eq!(engine.complete("o1").await.expect("repeat"), None);
+        assert!(matches!(
+            engine.reserve("o1", "north", LONG).await,
+            Err(EngineError::Released(_))
+        ));
+        let next = engine.reserve("o2", "north", LONG).await.expect("reserve");
+        assert_eq!(next.unit_id, r.unit_id, "the agent serves the next order");
+        let completed: Option<i64> =
+            sqlx::query_scalar("SELECT completed_at FROM claims WHERE order_id = 'o1'")
+                .fetch_one(engine.db().pool())
+                .await
+                .expect("claim");
+        assert!(completed.is_some());
+    }
+);
+
+both_backends!(
+    old_assignments_are_retired_and_still_counted,
+    |backend| async move {
+        let engine = engine(backend).await;
+        pool_with(&engine, "pizza", 5).await;
+        for i in 0..3 {
+            let id = format!("o{i}");
+            let r = engine.reserve(&id, "pizza", LONG).await.expect("reserve");
+            engine.assign(&id, &r.unit_id).await.expect("assign");
+        }
+        engine
+            .reserve("held", "pizza", LONG)
+            .await
+            .expect("reserve");
+        assert_eq!(
+            engine
+                .retire_assigned(Duration::from_secs(3600), 100)
+                .await
+                .expect("retire"),
+            0,
+            "nothing is an hour old"
+        );
+        let mut retired = 0;
+        for _ in 0..4 {
+            retired += engine
+                .retire_assigned(Duration::ZERO, 2)
+                .await
+                .expect("retire");
+        }
+        assert_eq!(retired, 3, "only the assigned units, in batches");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM units WHERE pool = 'pizza'")
+            .fetch_one(engine.db().pool())
+            .await
+            .expect("count");
+        assert_eq!(left, 2, "the table keeps only the live units");
+        let c = engine.pool_info("pizza").await.expect("info").counts;
+        assert_eq!(
+            (c.available, c.reserved, c.assigned, c.retired),
+            (1, 1, 0, 3)
+        );
+    }
+);
+
+both_backends!(
+    public_reads_have_their_own_connections,
+    |backend| async move {
+        // The writer pool's only connection is held by a transaction; a count read through the
+        // public read pool still answers at once.
+        let url = fresh_database_url(backend, "engine").await;
+        let one = DbOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(300),
+            ..DbOptions::default()
+        };
+        let db = Db::connect(&url, &one, &MIGRATOR).await.expect("connect");
+        let engine = Engine::new(db.clone(), EngineConfig::new("pkt"));
+        pool_with(&engine, "pizza", 3).await;
+        let public = engine.reading_from(Db::connect_reader(&url, &one).await.expect("reader"));
+        let mut held = db.pool().begin().await.expect("begin");
+        sqlx::query("UPDATE pools SET name = name WHERE pool = 'pizza'")
+            .execute(&mut *held)
+            .await
+            .expect("write");
+        assert!(
+            engine.pool_info("pizza").await.is_err(),
+            "the writer pool is exhausted"
+        );
+        let info = public.pool_info("pizza").await.expect("public read");
+        assert_eq!(info.counts.available, 3);
+        held.rollback().await.expect("rollback");
+    }
+);

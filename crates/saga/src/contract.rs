@@ -2,14 +2,16 @@
 //!
 //! A status code alone is ambiguous: `RESOURCE_EXHAUSTED` is what a participant answers when its
 //! pool is empty, but it is also what an overloaded server, a proxy or a message-size limit
-//! answers; `NOT_FOUND` may be an unknown food or an unknown method behind a misrouted proxy. So
-//! the participants' definitive refusals carry a `google.rpc.ErrorInfo` detail in
-//! [`ERROR_DOMAIN`] naming the [`Refusal`], and only a status carrying that detail is read as a
-//! refusal. Every other status with one of those codes is transient.
+//! answers; `NOT_FOUND` may be an unknown food or an unknown method behind a misrouted proxy;
+//! `UNIMPLEMENTED`, `PERMISSION_DENIED` and `UNAUTHENTICATED` are what a URL pointing at the
+//! wrong listener, or a proxy's bare 404/403, produce. So the participants' definitive refusals
+//! carry a `google.rpc.ErrorInfo` detail in [`ERROR_DOMAIN`] naming the [`Refusal`], and only a
+//! status carrying the reason that matches its code is read as a refusal. Every other status,
+//! whatever its code, is transient: a misroute or a proxy can delay an order, never refuse it.
 //!
 //! | call    | definitive (no retry)                                          | transient (retried)  |
 //! |---------|----------------------------------------------------------------|----------------------|
-//! | Reserve | `RESOURCE_EXHAUSTED` + `POOL_EXHAUSTED`, `NOT_FOUND` + `POOL_NOT_FOUND`, `FAILED_PRECONDITION` + `NOT_HELD`; `INVALID_ARGUMENT`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `PERMISSION_DENIED`, `UNAUTHENTICATED`, `UNIMPLEMENTED` | everything else: `RESOURCE_EXHAUSTED`/`NOT_FOUND`/`FAILED_PRECONDITION` without the reason, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`, `UNKNOWN` (connection errors), `INTERNAL`, `DATA_LOSS` |
+//! | Reserve | `RESOURCE_EXHAUSTED` + `POOL_EXHAUSTED`, `NOT_FOUND` + `POOL_NOT_FOUND`, `FAILED_PRECONDITION` + `NOT_HELD`, `INVALID_ARGUMENT` + `INVALID_REQUEST` | everything else: those codes without their reason, `UNIMPLEMENTED`, `PERMISSION_DENIED`, `UNAUTHENTICATED`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`, `UNKNOWN` (connection errors), `INTERNAL`, `DATA_LOSS` |
 //! | Assign  | the same set (`NOT_HELD`: expired, released or held by another) | the same set |
 //! | Release | none: release is idempotent and must eventually succeed        | every error          |
 //!
@@ -62,7 +64,7 @@ pub enum Refusal {
     UnknownPool,
     /// `FAILED_PRECONDITION`: expired, released (tombstone) or held by another order.
     NotHeld,
-    /// Any other definitive code: the request itself is wrong.
+    /// `INVALID_ARGUMENT`: the participant found the request itself wrong.
     Rejected,
 }
 
@@ -75,14 +77,13 @@ impl Refusal {
         Refusal::Rejected,
     ];
 
-    /// The `ErrorInfo.reason` a participant sends with this refusal (`None` for
-    /// [`Refusal::Rejected`], whose codes are unambiguous on their own).
-    pub fn reason(self) -> Option<&'static str> {
+    /// The `ErrorInfo.reason` a participant sends with this refusal.
+    pub fn reason(self) -> &'static str {
         match self {
-            Refusal::Exhausted => Some("POOL_EXHAUSTED"),
-            Refusal::UnknownPool => Some("POOL_NOT_FOUND"),
-            Refusal::NotHeld => Some("NOT_HELD"),
-            Refusal::Rejected => None,
+            Refusal::Exhausted => "POOL_EXHAUSTED",
+            Refusal::UnknownPool => "POOL_NOT_FOUND",
+            Refusal::NotHeld => "NOT_HELD",
+            Refusal::Rejected => "INVALID_REQUEST",
         }
     }
 
@@ -99,14 +100,11 @@ impl Refusal {
     /// The refusal as a participant answers it: [`Refusal::code`] with `message`, and the
     /// `ErrorInfo` that makes it definitive.
     pub fn status(self, message: impl Into<String>) -> Status {
-        match self.reason() {
-            Some(reason) => Status::with_error_details(
-                self.code(),
-                message,
-                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []),
-            ),
-            None => Status::new(self.code(), message),
-        }
+        Status::with_error_details(
+            self.code(),
+            message,
+            ErrorDetails::with_error_info(self.reason(), ERROR_DOMAIN, []),
+        )
     }
 }
 
@@ -172,43 +170,23 @@ impl Refusal {
         let reason = refusal_reason(status)?;
         Refusal::ALL
             .into_iter()
-            .find(|r| r.code() == status.code() && r.reason() == Some(reason.as_str()))
+            .find(|r| r.code() == status.code() && r.reason() == reason.as_str())
     }
 }
 
 /// Classifies a non-OK status `code` answered to `call`, with the `reason` of its `ErrorInfo`
-/// in [`ERROR_DOMAIN`] if it had one. The codes a participant's refusal shares with overload
-/// and misrouting are definitive only with the matching reason.
+/// in [`ERROR_DOMAIN`] if it had one. A status is definitive only when it is one of the
+/// participants' [`Refusal`]s: its code **with** the matching reason. Every other status is
+/// transient, since overload, a proxy or a misrouted URL can produce any code, but not our
+/// reason in our domain.
 pub fn classify_code(call: Call, code: Code, reason: Option<&str>) -> Verdict {
     if call == Call::Release {
         return Verdict::Transient;
     }
-    let refused_with = |refusal: Refusal| {
-        if reason.is_some() && reason == refusal.reason() {
-            Verdict::Definitive(refusal)
-        } else {
-            Verdict::Transient
-        }
-    };
-    match code {
-        Code::ResourceExhausted => refused_with(Refusal::Exhausted),
-        Code::NotFound => refused_with(Refusal::UnknownPool),
-        Code::FailedPrecondition => refused_with(Refusal::NotHeld),
-        Code::InvalidArgument
-        | Code::AlreadyExists
-        | Code::OutOfRange
-        | Code::PermissionDenied
-        | Code::Unauthenticated
-        | Code::Unimplemented => Verdict::Definitive(Refusal::Rejected),
-        Code::Ok
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::Internal
-        | Code::Unavailable
-        | Code::DataLoss => Verdict::Transient,
-    }
+    Refusal::ALL
+        .into_iter()
+        .find(|r| r.code() == code && Some(r.reason()) == reason)
+        .map_or(Verdict::Transient, Verdict::Definitive)
 }
 
 /// `UNAVAILABLE` with a `google.rpc.RetryInfo` detail: the server is busy, send the same

@@ -401,6 +401,20 @@ impl Saga {
             return Vec::new();
         }
         match (self.phase, event) {
+            // A driver that (re)starts a saga still reserving asks both sides again, including
+            // a side it knows reserved: that reserve renews the reservation (or, if it was
+            // lost, claims another unit), so a saga recovered late in `Reserving` does not
+            // assign a reservation that ran out while nobody drove it. The leg forgets its
+            // state, not its unit (kept for the audit trail until the answer replaces it).
+            (Reserving, Event::Resume) => {
+                for side in Side::BOTH {
+                    let leg = self.leg_mut(side);
+                    if leg.state == LegState::Reserved {
+                        leg.state = LegState::Unknown;
+                    }
+                }
+                self.pending_commands()
+            }
             (_, Event::Resume) => self.pending_commands(),
 
             (Reserving, Event::Reserved { side, unit }) => {
@@ -408,6 +422,8 @@ impl Saga {
                 if leg.state != LegState::Unknown {
                     return Vec::new();
                 }
+                // The unit answered is the one the order holds now (a renewal of the one it
+                // had, or another when that one was lost).
                 leg.state = LegState::Reserved;
                 leg.unit = Some(unit.clone());
                 if Side::BOTH

@@ -222,10 +222,30 @@ fn every_state_and_event_respects_the_saga_rules() {
                     }
                 }
             }
-            // Resume changes nothing and asks for exactly the pending calls.
+            // Resume changes nothing and asks for exactly the pending calls; while reserving,
+            // it asks both sides again (a reserve renews what a side holds), keeping the units.
             if *e == Event::Resume {
-                assert_eq!(&n, s, "{}", ctx());
-                assert_eq!(cmds, s.pending_commands(), "{}", ctx());
+                if s.phase == Phase::Reserving {
+                    let mut renewed = s.clone();
+                    for side in [Side::Store, Side::Delivery] {
+                        if renewed.leg(side).state == LegState::Reserved {
+                            renewed.leg_mut(side).state = LegState::Unknown;
+                        }
+                    }
+                    assert_eq!(n, renewed, "{}", ctx());
+                    assert_eq!(
+                        cmds,
+                        vec![
+                            Command::Reserve(Side::Store),
+                            Command::Reserve(Side::Delivery)
+                        ],
+                        "{}",
+                        ctx()
+                    );
+                } else {
+                    assert_eq!(&n, s, "{}", ctx());
+                }
+                assert_eq!(cmds, n.pending_commands(), "{}", ctx());
             }
             // A definitive refusal of the call the phase makes always ends in compensation.
             if let Event::Refused {
@@ -430,6 +450,40 @@ fn a_resumed_saga_continues_where_it_stopped() {
 }
 
 #[test]
+fn a_saga_resumed_while_reserving_renews_what_it_reserved() {
+    // A driver crashed after the store reserved and before delivery answered. The next driver
+    // reserves both again: the store's answer renews the packet's reservation (or replaces a
+    // packet that was lost) before anything is assigned.
+    let (saga, _) = Saga::new().step(&Event::Reserved {
+        side: Side::Store,
+        unit: "p-old".into(),
+    });
+    let (saga, cmds) = saga.step(&Event::Resume);
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Reserve(Side::Store),
+            Command::Reserve(Side::Delivery)
+        ]
+    );
+    assert_eq!(
+        saga.store.unit.as_deref(),
+        Some("p-old"),
+        "kept for the audit trail"
+    );
+    let (saga, log) = run(saga, |c| match c {
+        Command::Reserve(Side::Store) => Event::Reserved {
+            side: Side::Store,
+            unit: "p-new".into(),
+        },
+        other => ok(other),
+    });
+    assert_eq!(saga.phase, Phase::Placed);
+    assert!(log.contains(&Command::Assign(Side::Store, "p-new".into())));
+    assert!(!log.contains(&Command::Assign(Side::Store, "p-old".into())));
+}
+
+#[test]
 fn names_round_trip() {
     for p in [
         Phase::Reserving,
@@ -476,6 +530,7 @@ fn the_status_contract_is_as_documented() {
         Some("POOL_EXHAUSTED"),
         Some("POOL_NOT_FOUND"),
         Some("NOT_HELD"),
+        Some("INVALID_REQUEST"),
         Some("SOMETHING_ELSE"),
     ];
     for code in all {
@@ -493,15 +548,9 @@ fn the_status_contract_is_as_documented() {
                     }
                     (Code::NotFound, Some("POOL_NOT_FOUND")) => Definitive(Refusal::UnknownPool),
                     (Code::FailedPrecondition, Some("NOT_HELD")) => Definitive(Refusal::NotHeld),
-                    (
-                        Code::InvalidArgument
-                        | Code::AlreadyExists
-                        | Code::OutOfRange
-                        | Code::PermissionDenied
-                        | Code::Unauthenticated
-                        | Code::Unimplemented,
-                        _,
-                    ) => Definitive(Refusal::Rejected),
+                    (Code::InvalidArgument, Some("INVALID_REQUEST")) => {
+                        Definitive(Refusal::Rejected)
+                    }
                     _ => Transient,
                 };
                 assert_eq!(
@@ -520,6 +569,29 @@ fn the_status_contract_is_as_documented() {
         Code::Aborted,
     ] {
         assert_eq!(classify_code(Call::Assign, code, None), Transient);
+    }
+}
+
+#[test]
+fn a_misroute_or_a_proxys_bare_refusal_is_never_definitive() {
+    // What a URL pointing at the wrong listener, or a proxy answering 404/403/401 or a bad
+    // request of its own, turns into: codes without our ErrorInfo. They delay an order (it is
+    // retried until the retry deadline); they never refuse it.
+    for status in [
+        Status::unimplemented("unknown service reservation.v1.ReservationService"),
+        Status::permission_denied("forbidden"),
+        Status::unauthenticated("no credentials"),
+        Status::invalid_argument("grpc-timeout header malformed"),
+        Status::already_exists("x"),
+        Status::out_of_range("x"),
+    ] {
+        for call in [Call::Reserve, Call::Assign] {
+            assert_eq!(
+                classify(call, &status),
+                Verdict::Transient,
+                "{call:?} {status:?}"
+            );
+        }
     }
 }
 
@@ -567,8 +639,11 @@ fn a_refusal_round_trips_through_its_status_and_overload_never_reads_as_one() {
         ClientRetry::Stop
     );
     for refusal in Refusal::ALL {
-        let expected = refusal.reason().map(|_| refusal);
-        assert_eq!(Refusal::of(&refusal.status("no")), expected, "{refusal:?}");
+        assert_eq!(
+            Refusal::of(&refusal.status("no")),
+            Some(refusal),
+            "{refusal:?}"
+        );
     }
     assert_eq!(Refusal::of(&foreign), None);
 }

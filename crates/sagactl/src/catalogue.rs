@@ -2,7 +2,7 @@
 
 use order_saga_proto::{
     delivery::v1::{
-        AddAgentsRequest, CompleteDeliveryRequest, ListZonesRequest, Zone,
+        AddAgentsRequest, ListZonesRequest, Zone,
         delivery_admin_service_client::DeliveryAdminServiceClient,
         delivery_service_client::DeliveryServiceClient,
     },
@@ -55,21 +55,6 @@ pub async fn add_agents(urls: &Urls, zone: String, count: i64) -> anyhow::Result
     println!(
         "{}: {} available, {} reserved, {} assigned",
         z.zone, z.available, z.reserved, z.assigned
-    );
-    Ok(())
-}
-
-/// Marks an agent's delivery done.
-pub async fn complete(urls: &Urls, agent_id: String) -> anyhow::Result<()> {
-    let mut client = DeliveryAdminServiceClient::new(urls.admin(&urls.delivery_admin).await?);
-    let done = client
-        .complete_delivery(CompleteDeliveryRequest { agent_id })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    println!(
-        "agent {} delivered order {} and is available again",
-        done.agent_id, done.order_id
     );
     Ok(())
 }

@@ -80,7 +80,7 @@ enum Cmd {
         /// How many packets.
         count: i64,
     },
-    /// Agents: add to a zone, or complete a delivery.
+    /// Agents: add to a zone.
     #[command(subcommand)]
     Agents(AgentCmd),
     /// Packets per food and agents per zone, by state.
@@ -103,6 +103,12 @@ enum Cmd {
     },
     /// Give up on one unfinished order: NOT_PLACED, both sides released.
     ForceFail {
+        /// The order id.
+        order_id: String,
+    },
+    /// Mark a placed order's delivery done: its agent is freed for the next order (refused for
+    /// an order that is not placed).
+    CompleteDelivery {
         /// The order id.
         order_id: String,
     },
@@ -179,11 +185,6 @@ enum AgentCmd {
         /// How many agents.
         count: i64,
     },
-    /// Mark an agent's delivery done: it becomes available again.
-    Complete {
-        /// The agent id.
-        agent_id: String,
-    },
 }
 
 #[tokio::main]
@@ -216,11 +217,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Agents(AgentCmd::Add { zone, count }) => {
             catalogue::add_agents(urls, zone, count).await
         }
-        Cmd::Agents(AgentCmd::Complete { agent_id }) => catalogue::complete(urls, agent_id).await,
         Cmd::Stuck { limit } => orders::stuck(urls, limit).await,
         Cmd::History { order_id } => orders::history(urls, order_id).await,
         Cmd::Redrive { order_id } => orders::redrive(urls, order_id).await,
         Cmd::ForceFail { order_id } => orders::force_fail(urls, order_id).await,
+        Cmd::CompleteDelivery { order_id } => orders::complete_delivery(urls, order_id).await,
         Cmd::Seed => catalogue::seed(urls).await,
         Cmd::PlaceMany(load) => load::run(urls, load).await,
         Cmd::Verify { wait } => verify::verify(urls, wait).await,

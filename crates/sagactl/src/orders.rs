@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use order_saga_proto::order::v1::{
-    ForceFailOrderRequest, GetOrderHistoryRequest, GetOrderRequest, ListOrdersRequest,
-    ListStuckOrdersRequest, Order, OrderState, PlaceOrderRequest, RedriveOrderRequest,
-    order_admin_service_client::OrderAdminServiceClient, order_service_client::OrderServiceClient,
+    CompleteDeliveryRequest, ForceFailOrderRequest, GetOrderHistoryRequest, GetOrderRequest,
+    ListOrdersRequest, ListStuckOrdersRequest, Order, OrderState, PlaceOrderRequest,
+    RedriveOrderRequest, order_admin_service_client::OrderAdminServiceClient,
+    order_service_client::OrderServiceClient,
 };
 use tokio::time::Instant;
 
@@ -235,5 +236,27 @@ pub async fn force_fail(urls: &Urls, order_id: String) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     print_orders(std::slice::from_ref(&order));
+    Ok(())
+}
+
+/// Marks a placed order's delivery done: its agent is freed for the next order.
+pub async fn complete_delivery(urls: &Urls, order_id: String) -> anyhow::Result<()> {
+    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let done = client
+        .complete_delivery(CompleteDeliveryRequest { order_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if done.agent_id.is_empty() {
+        println!(
+            "order {}: the delivery was completed already",
+            done.order_id
+        );
+    } else {
+        println!(
+            "order {}: delivered; agent {} is available again",
+            done.order_id, done.agent_id
+        );
+    }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The randomized chaos campaign: concurrent clients place orders for a fixed time while a
 //! nemesis kills, pauses and restarts random processes, cuts or degrades random links,
-//! restarts PostgreSQL, acts as an operator (force-fail or redrive of sagas in flight, sent to
-//! any instance, sometimes while a participant link is slow) and starts an order instance
+//! restarts PostgreSQL, acts as an operator (force-fail or redrive of sagas in flight, and
+//! completing deliveries of orders both placed and still in flight, sent to any instance,
+//! sometimes while a participant link is slow) and starts an order instance
 //! under another live instance's id. Then every fault is healed, the system is left quiet, and the
 //! invariants are checked, together with every answer the clients were given.
 //!
@@ -20,8 +21,8 @@ use std::{
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use order_saga_proto::order::v1::{
-    ForceFailOrderRequest, ListStuckOrdersRequest, OrderState, PlaceOrderRequest,
-    RedriveOrderRequest, order_service_client::OrderServiceClient,
+    CompleteDeliveryRequest, ForceFailOrderRequest, ListOrdersRequest, ListStuckOrdersRequest,
+    OrderState, PlaceOrderRequest, RedriveOrderRequest, order_service_client::OrderServiceClient,
 };
 use order_saga_saga::{client_may_retry, retry_hint};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
@@ -328,9 +329,20 @@ async fn strike(cluster: &mut ProcCluster, rng: &mut StdRng) -> anyhow::Result<&
     }
 }
 
-/// An operator at work: force-fails or redrives up to three sagas in flight, each sent to a
-/// random instance (often not the one driving it). Half the time a participant link of a
-/// random instance is slowed meanwhile, so that drivers are mid-call when they are taken over.
+/// What an operator does in one strike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OperatorAction {
+    ForceFail,
+    Redrive,
+    /// `CompleteDelivery` of orders in flight (it must change nothing) and of placed ones (it
+    /// frees their agents for the next orders).
+    CompleteDelivery,
+}
+
+/// An operator at work: force-fails or redrives up to three sagas in flight, or completes the
+/// deliveries of orders in flight and placed, each sent to a random instance (often not the one
+/// driving it). Half the time a participant link of a random instance is slowed meanwhile, so
+/// that drivers are mid-call when they are taken over (or their agents asked for).
 async fn operator_strike(
     cluster: &mut ProcCluster,
     rng: &mut StdRng,
@@ -345,22 +357,91 @@ async fn operator_strike(
     } else {
         None
     };
-    let force = rng.random_bool(0.5);
+    let action = *[
+        OperatorAction::ForceFail,
+        OperatorAction::Redrive,
+        OperatorAction::CompleteDelivery,
+    ]
+    .choose(rng)
+    .unwrap_or(&OperatorAction::Redrive);
     let hold = tokio::time::Instant::now() + Duration::from_millis(rng.random_range(500..3000));
     let mut acted = 0;
     while tokio::time::Instant::now() < hold {
-        acted += operator_round(cluster, rng, force).await;
+        acted += match action {
+            OperatorAction::CompleteDelivery => complete_round(cluster, rng).await,
+            _ => operator_round(cluster, rng, action == OperatorAction::ForceFail).await,
+        };
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     if let Some(link) = slowed {
         cluster.link(&link).set(Fault::None);
     }
-    tracing::info!(force, acted, "nemesis: operator actions");
-    Ok(if force {
-        "operator-force-fail"
-    } else {
-        "operator-redrive"
+    tracing::info!(?action, acted, "nemesis: operator actions");
+    Ok(match action {
+        OperatorAction::ForceFail => "operator-force-fail",
+        OperatorAction::Redrive => "operator-redrive",
+        OperatorAction::CompleteDelivery => "operator-complete-delivery",
     })
+}
+
+/// Completes the deliveries of up to three orders in flight (listed unfinished; each must be
+/// refused unless it got placed meanwhile) and up to three of the newest placed ones, each on a
+/// random instance, concurrently. Returns how many calls it made. Whether any completion made a
+/// PLACED answer false is for the invariant checker (invariants 1, 2 and 6) to say.
+async fn complete_round(cluster: &ProcCluster, rng: &mut StdRng) -> usize {
+    let n = cluster.orders.len();
+    let Ok(mut lister) = cluster.order_admin_client(rng.random_range(0..n)).await else {
+        return 0;
+    };
+    let mut request = tonic::Request::new(ListStuckOrdersRequest { limit: 50 });
+    request.set_timeout(Duration::from_secs(2));
+    let in_flight: Vec<String> = match lister.list_stuck_orders(request).await {
+        Ok(stuck) => stuck
+            .into_inner()
+            .sagas
+            .into_iter()
+            .filter_map(|s| s.order.map(|o| o.order_id))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut request = tonic::Request::new(ListOrdersRequest {
+        page_size: 50,
+        state: OrderState::Placed as i32,
+        ..ListOrdersRequest::default()
+    });
+    request.set_timeout(Duration::from_secs(2));
+    let placed: Vec<String> = match lister.list_orders(request).await {
+        Ok(page) => page
+            .into_inner()
+            .orders
+            .into_iter()
+            .map(|o| o.order_id)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    let chosen = in_flight
+        .choose_multiple(rng, 3)
+        .chain(placed.choose_multiple(rng, 3));
+    for order_id in chosen {
+        let Ok(mut admin) = cluster.order_admin_client(rng.random_range(0..n)).await else {
+            continue;
+        };
+        let order_id = order_id.clone();
+        calls.spawn(async move {
+            let mut r = tonic::Request::new(CompleteDeliveryRequest {
+                order_id: order_id.clone(),
+            });
+            r.set_timeout(Duration::from_secs(5));
+            match admin.complete_delivery(r).await {
+                Ok(done) => tracing::info!(%order_id, agent = %done.into_inner().agent_id, "delivery completed"),
+                Err(status) => tracing::info!(%order_id, ?status, "completion refused"),
+            }
+        });
+    }
+    let acted = calls.len();
+    while calls.join_next().await.is_some() {}
+    acted
 }
 
 /// Lists unfinished sagas on a random instance and force-fails (or redrives) up to three of

@@ -1,4 +1,4 @@
-//! The five invariants of docs/design.md, checked by reading all three databases directly.
+//! The six invariants of docs/design.md, checked by reading all three databases directly.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,7 +21,7 @@ pub type Stock = HashMap<(&'static str, String), i64>;
 /// One broken invariant and the rows that break it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// Invariant number in docs/design.md (1 to 5).
+    /// Invariant number in docs/design.md (1 to 6).
     pub invariant: u8,
     /// The offending rows, in words.
     pub detail: String,
@@ -34,12 +34,13 @@ impl std::fmt::Display for Violation {
 }
 
 /// Short titles of the invariants, for reports.
-pub const TITLES: [&str; 5] = [
+pub const TITLES: [&str; 6] = [
     "no unit held by two orders",
     "placed orders hold one packet and one agent, both sides agree",
     "quiet: nothing held for unplaced orders, every order terminal",
-    "units conserved per pool",
-    "one idempotency key, one order",
+    "units conserved per pool, counts maintained",
+    "one idempotency key (per customer), one order",
+    "only a placed order's delivery is completed",
 ];
 
 async fn connect(url: &str, migrator: &'static sqlx::migrate::Migrator) -> anyhow::Result<Db> {
@@ -51,6 +52,8 @@ async fn connect(url: &str, migrator: &'static sqlx::migrate::Migrator) -> anyho
 }
 
 type UnitRow = (String, String, String, Option<String>, String);
+/// A pool's maintained counts: (pool, available, reserved, assigned, retired).
+type CountsRow = (String, i64, i64, i64, i64);
 
 /// Every violated invariant. Invariants 1, 2, 4 and 5 hold at every instant; with `quiet`
 /// (no requests, recovery and sweeper done, TTL passed) invariant 3 is checked too.
@@ -64,15 +67,22 @@ pub async fn violations(
         sqlx::query_as("SELECT order_id, phase, packet_id, agent_id FROM orders")
             .fetch_all(order_db.pool())
             .await?;
-    let dup_keys: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT idempotency_key, COUNT(*) FROM orders GROUP BY idempotency_key HAVING COUNT(*) > 1",
+    let dup_keys: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT customer_id, idempotency_key, COUNT(*) FROM orders \
+         GROUP BY customer_id, idempotency_key HAVING COUNT(*) > 1",
     )
     .fetch_all(order_db.pool())
     .await?;
     order_db.close().await;
 
+    let phases: HashMap<&str, &str> = orders
+        .iter()
+        .map(|o| (o.0.as_str(), o.1.as_str()))
+        .collect();
     let mut v = Vec::new();
     let mut push = |invariant: u8, detail: String| v.push(Violation { invariant, detail });
+    // Orders whose delivery was completed (delivery's claims), whose agents are free again.
+    let mut delivered: HashSet<String> = HashSet::new();
     let placed: HashMap<&str, (&str, &str)> = orders
         .iter()
         .filter(|o| o.1 == "placed")
@@ -94,7 +104,28 @@ pub async fn violations(
         let units: Vec<UnitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_all(db.pool())
             .await?;
+        let counts: Vec<CountsRow> =
+            sqlx::query_as("SELECT pool, available, reserved, assigned, retired FROM pools")
+                .fetch_all(db.pool())
+                .await?;
+        let completed: Vec<String> =
+            sqlx::query_scalar("SELECT order_id FROM claims WHERE completed_at IS NOT NULL")
+                .fetch_all(db.pool())
+                .await?;
         db.close().await;
+        // 6. A delivery is completed only for an order stored PLACED.
+        for order in &completed {
+            match phases.get(order.as_str()) {
+                Some(&"placed") => {}
+                phase => push(
+                    6,
+                    format!("{service} completed order {order}, which is {phase:?}, not placed"),
+                ),
+            }
+        }
+        if side == 1 {
+            delivered.extend(completed);
+        }
 
         // 1. A unit has one holder by schema; an order holds at most one unit per side.
         let mut holders = HashSet::new();
@@ -113,6 +144,10 @@ pub async fn violations(
             .collect();
         for (order, ids) in &placed {
             let unit = if side == 0 { ids.0 } else { ids.1 };
+            if side == 1 && delivered.contains(*order) {
+                // Its delivery is done: the agent was freed and may serve another order.
+                continue;
+            }
             match by_id.get(unit) {
                 Some(u) if u.2 == "assigned" && u.3.as_deref() == Some(order) => {}
                 Some(u) => push(
@@ -150,13 +185,21 @@ pub async fn violations(
                 }
             }
         }
-        // 4. Units are conserved per pool.
-        let mut counted: HashMap<&str, i64> = HashMap::new();
+        // 4. Units are conserved per pool (retired units are counted, not kept), and the
+        //    maintained counts agree with the units.
+        let mut counted: HashMap<&str, [i64; 3]> = HashMap::new();
         for u in &units {
-            *counted.entry(u.1.as_str()).or_default() += 1;
+            let c = counted.entry(u.1.as_str()).or_default();
+            match u.2.as_str() {
+                "available" => c[0] += 1,
+                "reserved" => c[1] += 1,
+                _ => c[2] += 1,
+            }
         }
+        let retired: HashMap<&str, i64> = counts.iter().map(|c| (c.0.as_str(), c.4)).collect();
         for ((svc, pool), added) in stock {
-            let have = counted.get(pool.as_str()).copied().unwrap_or(0);
+            let c = counted.get(pool.as_str()).copied().unwrap_or_default();
+            let have = c.iter().sum::<i64>() + retired.get(pool.as_str()).copied().unwrap_or(0);
             if *svc == service && have != *added {
                 push(
                     4,
@@ -164,11 +207,28 @@ pub async fn violations(
                 );
             }
         }
+        for (pool, available, reserved, assigned, _) in &counts {
+            let c = counted.get(pool.as_str()).copied().unwrap_or_default();
+            if [*available, *reserved, *assigned] != c {
+                push(
+                    4,
+                    format!(
+                        "{service} pool {pool}: counts say {available}/{reserved}/{assigned} \
+                         available/reserved/assigned, the units {}/{}/{}",
+                        c[0], c[1], c[2]
+                    ),
+                );
+            }
+        }
     }
-    // 1 (across orders): no packet or agent on two placed orders.
+    // 1 (across orders): no packet or agent on two placed orders (an agent whose delivery was
+    // completed serves the next order).
     for (side, name) in [(0, "packet"), (1, "agent")] {
         let mut seen: HashMap<&str, &str> = HashMap::new();
         for (order, ids) in &placed {
+            if side == 1 && delivered.contains(*order) {
+                continue;
+            }
             let unit = if side == 0 { ids.0 } else { ids.1 };
             if let Some(other) = seen.insert(unit, order) {
                 push(
@@ -185,9 +245,12 @@ pub async fn violations(
             }
         }
     }
-    // 5. One idempotency key, one order.
-    for (key, n) in dup_keys {
-        push(5, format!("idempotency key {key} has {n} orders"));
+    // 5. One idempotency key of one customer, one order.
+    for (customer, key, n) in dup_keys {
+        push(
+            5,
+            format!("idempotency key {key} of {customer} has {n} orders"),
+        );
     }
     Ok(v)
 }

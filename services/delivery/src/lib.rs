@@ -3,14 +3,16 @@
 //! A thin adapter over the shared reservation engine: it serves
 //! `reservation.v1.ReservationService` (from the engine crate) plus delivery's own availability
 //! (`delivery.v1.DeliveryService`) and fleet administration (`delivery.v1.DeliveryAdminService`).
+//! A delivery is completed through the order service (`OrderAdminService/CompleteDelivery`),
+//! which frees an agent only for an order it has stored PLACED: delivery's own admin API has no
+//! way to free an assigned agent.
 
 use order_saga_platform::{
     app::{Audience, Listeners},
     validate_id,
 };
 use order_saga_proto::delivery::v1::{
-    AddAgentsRequest, CompleteDeliveryRequest, CompleteDeliveryResponse, GetZoneRequest,
-    ListZonesRequest, ListZonesResponse, Zone,
+    AddAgentsRequest, GetZoneRequest, ListZonesRequest, ListZonesResponse, Zone,
     delivery_admin_service_server::{DeliveryAdminService, DeliveryAdminServiceServer},
     delivery_service_server::{DeliveryService, DeliveryServiceServer},
 };
@@ -37,8 +39,12 @@ pub async fn build(
     let api = DeliveryApi {
         engine: app.engine().clone(),
     };
+    // Public reads count from their own pool, so they never hold a connection a reserve needs.
+    let public = DeliveryApi {
+        engine: app.public_engine().clone(),
+    };
     app.app_mut()
-        .add(Audience::Public, DeliveryServiceServer::new(api.clone()))
+        .add(Audience::Public, DeliveryServiceServer::new(public))
         .await
         .add(Audience::Internal, DeliveryServiceServer::new(api.clone()))
         .await
@@ -119,22 +125,5 @@ impl DeliveryAdminService for DeliveryApi {
             .await
             .map_err(status)?;
         Ok(Response::new(zone(info)))
-    }
-
-    async fn complete_delivery(
-        &self,
-        request: Request<CompleteDeliveryRequest>,
-    ) -> Result<Response<CompleteDeliveryResponse>, Status> {
-        let req = request.into_inner();
-        check("agent_id", &req.agent_id)?;
-        let done = self
-            .engine
-            .finish_assignment(&req.agent_id)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(CompleteDeliveryResponse {
-            order_id: done.order_id,
-            agent_id: done.unit_id,
-        }))
     }
 }

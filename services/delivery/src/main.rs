@@ -15,6 +15,8 @@ async fn main() -> anyhow::Result<()> {
         "DELIVERY",
         ["127.0.0.1:50053", "127.0.0.1:50153", "127.0.0.1:50253"],
         "sqlite://data/delivery.db",
+        // Agents are freed by completed deliveries, never retired.
+        "0s",
     );
     let _telemetry = init_telemetry("delivery", &TelemetryConfig::from_env()?)?;
     let settings = args.settings()?;

@@ -9,7 +9,7 @@ use order_saga_platform::{
     auth::AdminTokens,
     db::DbOptions,
     parse_duration,
-    server::ServerLimits,
+    server::{ConnectionLimits, ServerLimits},
     tls::{KeyPairFiles, MutualTls, ServerTls},
 };
 
@@ -83,12 +83,20 @@ pub struct OrderArgs {
     /// How long reservations are held; also how long transient assign failures are retried.
     #[arg(long, env = "ORDER_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
     pub reservation_ttl: Duration,
-    /// How long an instance owns a saga between writes before another may take it over.
-    #[arg(long, env = "ORDER_LEASE", default_value = "15s", value_parser = parse_duration)]
+    /// How long an instance owns a saga between writes before another may take it over. With
+    /// the recovery interval and a call timeout it must fit inside the reservation TTL, so a
+    /// saga abandoned by a crash is taken over while its reservations still hold.
+    #[arg(long, env = "ORDER_LEASE", default_value = "10s", value_parser = parse_duration)]
     pub lease: Duration,
-    /// Timeout of one call to a participant.
+    /// Timeout of one call to a participant: longer than the participants' queue wait, so
+    /// their busy answers (with a retry hint) arrive before it (checked at start-up).
     #[arg(long, env = "ORDER_CALL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub call_timeout: Duration,
+    /// How long start-up waits for the participants to tell their limits (the TTL bounds, the
+    /// queue wait), which the settings are checked against. A participant that stays silent
+    /// is checked in the background once it answers; a mismatch stops the service.
+    #[arg(long, env = "ORDER_PARTICIPANT_CHECK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub participant_check_wait: Duration,
     /// Longest PlaceOrder waits for its saga (a shorter client deadline wins).
     #[arg(long, env = "ORDER_PLACE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub place_timeout: Duration,
@@ -119,6 +127,15 @@ pub struct OrderArgs {
     /// Sagas this instance drives at once (requests, operator actions and recovery).
     #[arg(long, env = "ORDER_MAX_SAGAS", default_value_t = 256)]
     pub max_sagas: usize,
+    /// Connections each listener holds open at once; more wait in the accept queue.
+    #[arg(long, env = "ORDER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "ORDER_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
+    /// Open health `Watch` streams per listener.
+    #[arg(long, env = "ORDER_MAX_HEALTH_WATCHES", default_value_t = 64)]
+    pub max_health_watches: usize,
     /// Bearer token of the operator role on the admin API (at least 16 characters). Without
     /// any token the admin API refuses every call.
     #[arg(long, env = "ORDER_ADMIN_TOKEN", hide_env_values = true)]
@@ -147,6 +164,8 @@ pub struct OrderSettings {
     pub saga: SagaConfig,
     /// Timeout of one participant call.
     pub call_timeout: Duration,
+    /// How long start-up waits for the participants' limits.
+    pub participant_check_wait: Duration,
     /// Longest PlaceOrder waits.
     pub place_timeout: Duration,
     /// Recovery loop.
@@ -186,6 +205,7 @@ impl OrderSettings {
             delivery_url: delivery_url.into(),
             saga: SagaConfig::default(),
             call_timeout: Duration::from_secs(2),
+            participant_check_wait: Duration::from_secs(30),
             place_timeout: Duration::from_secs(30),
             recovery: RecoveryConfig::default(),
             instance_id: default_instance_id(),
@@ -234,6 +254,7 @@ impl OrderArgs {
         s.saga.lease = self.lease;
         s.saga.max_sagas = self.max_sagas;
         s.call_timeout = self.call_timeout;
+        s.participant_check_wait = self.participant_check_wait;
         s.place_timeout = self.place_timeout;
         s.recovery.interval = self.recovery_interval;
         s.recovery.history_retention = self.history_retention;
@@ -253,7 +274,73 @@ impl OrderArgs {
                 self.viewer_token.as_deref(),
             )
             .map_err(anyhow::Error::msg)?,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                max_streams_per_connection: self.max_streams_per_connection,
+                max_health_watches: self.max_health_watches,
+            },
+            ..ServerLimits::default()
         };
+        s.validate().map_err(anyhow::Error::msg)?;
         Ok(s)
+    }
+}
+
+impl OrderSettings {
+    /// Checks that the timings fit together; the error names the settings and says why. (What
+    /// depends on the participants' limits is checked against them at start-up, see
+    /// [`OrderSettings::check_participant`].)
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.saga;
+        if self.call_timeout >= s.reservation_ttl {
+            return Err(format!(
+                "ORDER_CALL_TIMEOUT ({:?}) must be shorter than ORDER_RESERVATION_TTL ({:?})",
+                self.call_timeout, s.reservation_ttl
+            ));
+        }
+        let recovered_by = s.lease + self.recovery.interval + self.call_timeout;
+        if recovered_by >= s.reservation_ttl {
+            return Err(format!(
+                "ORDER_LEASE ({:?}) + ORDER_RECOVERY_INTERVAL ({:?}) + ORDER_CALL_TIMEOUT ({:?}) \
+                 must be shorter than ORDER_RESERVATION_TTL ({:?}): a saga abandoned by a crash \
+                 must be taken over while its reservations still hold",
+                s.lease, self.recovery.interval, self.call_timeout, s.reservation_ttl
+            ));
+        }
+        if self.place_timeout >= self.limits.request_timeout {
+            return Err(format!(
+                "ORDER_PLACE_TIMEOUT ({:?}) must be shorter than ORDER_REQUEST_TIMEOUT ({:?}): \
+                 PlaceOrder answers before the server cuts the request off",
+                self.place_timeout, self.limits.request_timeout
+            ));
+        }
+        self.limits.validate()
+    }
+
+    /// Checks these settings against a participant's limits (`GetLimits`): the reservation TTL
+    /// must lie within its bounds (else every reserve is refused and every order fails), and a
+    /// call must outlast its queue wait (else its busy answers never arrive).
+    pub fn check_participant(
+        &self,
+        name: &str,
+        min_ttl: Duration,
+        max_ttl: Duration,
+        queue_wait: Duration,
+    ) -> Result<(), String> {
+        let ttl = self.saga.reservation_ttl;
+        if ttl < min_ttl || ttl > max_ttl {
+            return Err(format!(
+                "ORDER_RESERVATION_TTL ({ttl:?}) is outside the {name} service's bounds \
+                 ({min_ttl:?} to {max_ttl:?}): every reserve would be refused"
+            ));
+        }
+        if self.call_timeout <= queue_wait {
+            return Err(format!(
+                "ORDER_CALL_TIMEOUT ({:?}) must be longer than the {name} service's queue wait \
+                 ({queue_wait:?}), or its busy answers never arrive",
+                self.call_timeout
+            ));
+        }
+        Ok(())
     }
 }

@@ -108,6 +108,33 @@ pub fn order_to_proto(r: &OrderRecord) -> pb::Order {
     }
 }
 
+/// The customer's view of an order: as [`order_to_proto`], but the detail of a not-placed
+/// order says what the reason means rather than what a participant answered (its words name
+/// pools and internal ids; operators read them through the admin API).
+pub fn customer_order(r: &OrderRecord) -> pb::Order {
+    let mut order = order_to_proto(r);
+    order.detail = match (r.state(), r.saga.reason) {
+        (OrderState::NotPlaced, Some(reason)) => customer_detail(reason).to_owned(),
+        _ => String::new(),
+    };
+    order
+}
+
+/// What a not-placed reason means, in a customer's words.
+fn customer_detail(reason: Reason) -> &'static str {
+    match reason {
+        Reason::OutOfStock => "the food is sold out",
+        Reason::NoAgent => "no delivery agent is free in the zone",
+        Reason::UnknownFood => "the food is not in the catalogue",
+        Reason::UnknownZone => "the zone is not served",
+        Reason::ReservationExpired => "the order could not be completed in time",
+        Reason::StoreUnavailable => "the store could not be reached in time",
+        Reason::DeliveryUnavailable => "the delivery service could not be reached in time",
+        Reason::ForceFailed => "the order was cancelled by an operator",
+        Reason::Refused => "the order was refused",
+    }
+}
+
 /// The operator's view of an unfinished saga.
 pub fn saga_to_proto(r: &OrderRecord) -> SagaInfo {
     SagaInfo {

@@ -6,19 +6,19 @@ use std::time::Duration;
 
 use order_saga_platform::{db::status_from_db_error, telemetry::record_order_id, validate_id};
 use order_saga_proto::order::v1::{
-    self as pb, ForceFailOrderRequest, GetOrderHistoryRequest, GetOrderHistoryResponse,
-    GetOrderRequest, GetSagaStatsRequest, GetSagaStatsResponse, ListOrdersRequest,
-    ListOrdersResponse, ListStuckOrdersRequest, ListStuckOrdersResponse, PlaceOrderRequest,
-    RedriveOrderRequest, StepLatency, order_admin_service_server::OrderAdminService,
-    order_service_server::OrderService,
+    self as pb, CompleteDeliveryRequest, CompleteDeliveryResponse, ForceFailOrderRequest,
+    GetOrderHistoryRequest, GetOrderHistoryResponse, GetOrderRequest, GetSagaStatsRequest,
+    GetSagaStatsResponse, ListOrdersRequest, ListOrdersResponse, ListStuckOrdersRequest,
+    ListStuckOrdersResponse, PlaceOrderRequest, RedriveOrderRequest, StepLatency,
+    order_admin_service_server::OrderAdminService, order_service_server::OrderService,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     convert::{
-        event_to_proto, order_to_proto, page_token, parse_page_token, saga_to_proto,
-        state_from_proto,
+        customer_order, event_to_proto, order_to_proto, page_token, parse_page_token,
+        saga_to_proto, state_from_proto,
     },
     placement::{PlaceError, Placement},
     repo::{NewOrder, RepoError},
@@ -49,18 +49,7 @@ impl From<RepoError> for Status {
 
 /// Reads the client's `grpc-timeout` header.
 fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    order_saga_platform::admission::grpc_timeout(metadata.as_ref())
 }
 
 fn check(field: &str, value: &str, max: usize) -> Result<(), Status> {
@@ -83,7 +72,16 @@ impl OrderApi {
         self.placement.deadline(client_timeout(metadata))
     }
 
+    /// The customer's answer: the order with a customer-facing detail, never a participant's
+    /// words.
     fn answer(
+        result: Result<crate::repo::OrderRecord, PlaceError>,
+    ) -> Result<Response<pb::Order>, Status> {
+        Ok(Response::new(customer_order(&result?)))
+    }
+
+    /// An operator's answer: the order with the participant's detail.
+    fn operator_answer(
         result: Result<crate::repo::OrderRecord, PlaceError>,
     ) -> Result<Response<pb::Order>, Status> {
         Ok(Response::new(order_to_proto(&result?)))
@@ -188,7 +186,7 @@ impl OrderAdminService for OrderApi {
         let order_id = request.into_inner().order_id;
         check("order_id", &order_id, MAX_ID_LEN)?;
         record_order_id(&order_id);
-        Self::answer(self.placement.redrive(&order_id, deadline).await)
+        Self::operator_answer(self.placement.redrive(&order_id, deadline).await)
     }
 
     async fn force_fail_order(
@@ -199,7 +197,7 @@ impl OrderAdminService for OrderApi {
         let order_id = request.into_inner().order_id;
         check("order_id", &order_id, MAX_ID_LEN)?;
         record_order_id(&order_id);
-        Self::answer(self.placement.force_fail(&order_id, deadline).await)
+        Self::operator_answer(self.placement.force_fail(&order_id, deadline).await)
     }
 
     async fn get_saga_stats(
@@ -243,6 +241,20 @@ impl OrderAdminService for OrderApi {
         Ok(Response::new(GetOrderHistoryResponse {
             order_id,
             events: events.into_iter().map(event_to_proto).collect(),
+        }))
+    }
+
+    async fn complete_delivery(
+        &self,
+        request: Request<CompleteDeliveryRequest>,
+    ) -> Result<Response<CompleteDeliveryResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        check("order_id", &order_id, MAX_ID_LEN)?;
+        record_order_id(&order_id);
+        let freed = self.placement.complete_delivery(&order_id).await?;
+        Ok(Response::new(CompleteDeliveryResponse {
+            order_id,
+            agent_id: freed.unwrap_or_default(),
         }))
     }
 }

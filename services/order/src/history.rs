@@ -31,6 +31,8 @@ pub enum EventKind {
     ForceFailed,
     /// A driver persisted a step: the answers of one round of calls.
     Step,
+    /// An operator completed the delivery of the placed order: its agent was freed.
+    DeliveryCompleted,
 }
 
 impl EventKind {
@@ -43,6 +45,7 @@ impl EventKind {
             EventKind::Redriven => "redriven",
             EventKind::ForceFailed => "force_failed",
             EventKind::Step => "step",
+            EventKind::DeliveryCompleted => "delivery_completed",
         }
     }
 }
@@ -153,7 +156,8 @@ impl HistorySql {
                  FROM saga_events WHERE order_id = $11",
             ),
             read: "SELECT seq, epoch, kind, phase_from, phase_to, calls, packet_id, agent_id, \
-                     error, instance, at FROM saga_events WHERE order_id = $1 ORDER BY seq LIMIT $2"
+                     error, instance, at FROM saga_events WHERE order_id = $1 \
+                   ORDER BY seq DESC LIMIT $2"
                 .to_owned(),
             prune: db.sql(
                 "DELETE FROM saga_events WHERE (order_id, seq) IN ( \
@@ -201,7 +205,8 @@ pub(crate) async fn append(
     Ok(())
 }
 
-/// Up to `limit` events of `order_id`, oldest first.
+/// The newest `limit` events of `order_id`, oldest first (a saga retried through a long outage
+/// writes many; the operator wants how it ended).
 pub(crate) async fn read(
     sql: &HistorySql,
     db: &Db,
@@ -213,7 +218,9 @@ pub(crate) async fn read(
         .bind(limit)
         .fetch_all(db.pool())
         .await?;
-    rows.iter().map(decode).collect()
+    let mut events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    events.reverse();
+    Ok(events)
 }
 
 fn decode(row: &AnyRow) -> Result<HistoryEvent, sqlx::Error> {

@@ -12,10 +12,10 @@ use std::{sync::Arc, time::Duration};
 use futures::future::join_all;
 use order_saga_platform::telemetry::TracePropagation;
 use order_saga_proto::reservation::v1::{
-    AssignRequest, ReleaseRequest, ReserveRequest,
+    AssignRequest, CompleteRequest, GetLimitsRequest, Limits, ReleaseRequest, ReserveRequest,
     reservation_service_client::ReservationServiceClient,
 };
-use order_saga_saga::{Call, Command, Event, Saga, Side, Verdict, classify};
+use order_saga_saga::{Call, Command, Event, Saga, Side, Verdict, classify, retry_hint};
 use rand::Rng;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -28,6 +28,9 @@ use crate::{
     repo::{OrderRecord, OrderRepo, RepoError},
     stats::{Step, StepStats},
 };
+
+/// The longest retry delay a participant's `RetryInfo` can make a saga wait between rounds.
+const MAX_HONOURED_DELAY: Duration = Duration::from_secs(5);
 
 /// A participant client with trace propagation.
 pub type ParticipantClient =
@@ -55,7 +58,7 @@ impl Default for SagaConfig {
     fn default() -> Self {
         Self {
             reservation_ttl: Duration::from_secs(30),
-            lease: Duration::from_secs(15),
+            lease: Duration::from_secs(10),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             compensation_budget: Duration::from_secs(10),
@@ -89,11 +92,12 @@ pub struct SagaSlot {
     _permit: OwnedSemaphorePermit,
 }
 
-/// One executed command: the event it produced, for failures the error text, and the call
-/// as the history records it.
+/// One executed command: the event it produced, for failures the error text and the retry
+/// delay a busy participant asked for, and the call as the history records it.
 struct Answer {
     event: Event,
     error: Option<String>,
+    retry_after: Option<Duration>,
     call: CallRecord,
 }
 
@@ -197,7 +201,10 @@ impl Orchestrator {
         let retry_deadline = started + cfg.reservation_ttl;
         let mut compensation_started: Option<Instant> = None;
         let mut round: u32 = 0;
-        let (_, mut commands) = record.saga.step(&Event::Resume);
+        // Resume may change the state (a reserving saga asks both sides again); the change is
+        // persisted with the answers of the first round, before any further call.
+        let (resumed, mut commands) = record.saga.step(&Event::Resume);
+        record.saga = resumed;
 
         while !commands.is_empty() {
             let answers = join_all(commands.iter().map(|c| self.execute(&record, c))).await;
@@ -205,6 +212,8 @@ impl Orchestrator {
             let mut saga: Saga = record.saga.clone();
             let mut next = Vec::new();
             let mut transient = false;
+            // The longest delay a busy participant asked for this round.
+            let mut asked_delay = Duration::ZERO;
             let mut transition = Transition {
                 kind: EventKind::Step,
                 from: Some(saga.phase),
@@ -231,6 +240,7 @@ impl Orchestrator {
                 if matches!(answer.event, Event::Transient { .. }) {
                     transient = true;
                     record.attempts += 1;
+                    asked_delay = asked_delay.max(answer.retry_after.unwrap_or_default());
                 }
                 if let Some(error) = answer.error {
                     if let Event::Refused { .. } = answer.event {
@@ -275,7 +285,9 @@ impl Orchestrator {
             }
             if transient {
                 round += 1;
-                tokio::time::sleep(self.backoff(round)).await;
+                // A busy participant's RetryInfo is a floor: coming back sooner only adds load.
+                let delay = self.backoff(round).max(asked_delay.min(MAX_HONOURED_DELAY));
+                tokio::time::sleep(delay).await;
             }
             commands = next;
         }
@@ -408,9 +420,32 @@ impl Orchestrator {
                     Call::Release => Event::Released { side },
                 },
                 error: None,
+                retry_after: None,
             },
             Err(status) => answer_for_error(side, call, &status),
         }
+    }
+
+    /// Tells delivery that `order_id`'s work is done, freeing its agent. The caller has read
+    /// the order stored PLACED: that is the only case in which a unit a customer was promised
+    /// may be freed (docs/design.md, invariant 6). Returns the freed agent, if this call freed
+    /// it.
+    pub async fn complete_delivery(&self, order_id: &str) -> Result<Option<String>, Status> {
+        let mut client = self.client(Side::Delivery);
+        let freed = client
+            .complete(CompleteRequest {
+                order_id: order_id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .unit_id;
+        Ok((!freed.is_empty()).then_some(freed))
+    }
+
+    /// The limits of the participant on `side` (`GetLimits`).
+    pub async fn participant_limits(&self, side: Side) -> Result<Limits, Status> {
+        let mut client = self.client(side);
+        Ok(client.get_limits(GetLimitsRequest {}).await?.into_inner())
     }
 }
 
@@ -440,6 +475,7 @@ fn answer_for_error(side: Side, call: Call, status: &Status) -> Answer {
             ..CallRecord::new(side, call, status.code(), Duration::ZERO)
         },
         error: Some(error),
+        retry_after: retry_hint(status),
     }
 }
 

@@ -54,6 +54,15 @@ pub enum PlaceError {
     /// An operator tried to fail an order that is already placed.
     #[error("order {0} is placed; it cannot be failed")]
     AlreadyPlaced(String),
+    /// An operator tried to complete the delivery of an order that is not placed.
+    #[error(
+        "order {0} is {1}, not placed: only a placed order's delivery can be completed \
+         (its agent may still be needed, or is already free)"
+    )]
+    NotPlaced(String, &'static str),
+    /// A participant refused a call an operator's action needed.
+    #[error("{0}")]
+    ParticipantRefused(String),
     /// The saga is still running when the client's deadline comes.
     #[error("order {0} is still being placed; retry with the same idempotency_key for its outcome")]
     StillRunning(String),
@@ -87,7 +96,9 @@ impl From<PlaceError> for Status {
             PlaceError::UnknownPool { .. } | PlaceError::NoSuchOrder(_) => {
                 Status::not_found(message)
             }
-            PlaceError::AlreadyPlaced(_) => Status::failed_precondition(message),
+            PlaceError::AlreadyPlaced(_)
+            | PlaceError::NotPlaced(..)
+            | PlaceError::ParticipantRefused(_) => Status::failed_precondition(message),
             PlaceError::StillRunning(_) => Status::deadline_exceeded(message),
             PlaceError::OutcomeUnknown(_) | PlaceError::ParticipantUnavailable(_) => {
                 Status::unavailable(message)
@@ -182,7 +193,10 @@ impl Placement {
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
         let repo = self.orchestrator.repo();
-        if let Some(existing) = repo.by_key(&order.idempotency_key).await? {
+        if let Some(existing) = repo
+            .by_key(&order.customer_id, &order.idempotency_key)
+            .await?
+        {
             return self.replay(existing, &order, deadline).await;
         }
         self.catalogue.check(&order.food_id, &order.zone).await?;
@@ -246,6 +260,50 @@ impl Placement {
             }
             TakeOver::Finished(record) => Ok(record),
         }
+    }
+
+    /// An operator's completion of a delivery: only for an order **stored** PLACED (a terminal
+    /// row is never rewritten, so it stays placed), delivery frees its agent for the next
+    /// order and refuses any later reserve for this one; the order's history records it.
+    /// Returns the agent this call freed (`None` when it was freed before). An order still
+    /// being placed, or not placed, is refused: its agent may be the one a PLACED answer is
+    /// about to rely on (docs/design.md, invariant 6).
+    pub async fn complete_delivery(&self, order_id: &str) -> Result<Option<String>, PlaceError> {
+        let orch = &self.orchestrator;
+        let record = orch
+            .repo()
+            .by_id(order_id)
+            .await?
+            .ok_or_else(|| PlaceError::NoSuchOrder(order_id.to_owned()))?;
+        if record.saga.phase != order_saga_saga::Phase::Placed {
+            return Err(PlaceError::NotPlaced(
+                order_id.to_owned(),
+                record.state().as_str(),
+            ));
+        }
+        let freed = orch
+            .complete_delivery(order_id)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::FailedPrecondition => PlaceError::ParticipantRefused(format!(
+                    "delivery refused to complete order {order_id}: {}",
+                    s.message()
+                )),
+                code => {
+                    tracing::warn!(
+                        order_id,
+                        ?code,
+                        message = s.message(),
+                        "completing a delivery failed"
+                    );
+                    PlaceError::ParticipantUnavailable("delivery")
+                }
+            })?;
+        orch.repo()
+            .record_completion(order_id, orch.instance(), freed.clone())
+            .await?;
+        tracing::info!(order_id, agent = ?freed, "delivery completed");
+        Ok(freed)
     }
 
     /// Claims an unfinished order regardless of its lease (a new epoch fences off its current

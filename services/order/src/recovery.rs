@@ -61,6 +61,7 @@ pub async fn prune_history(
             match orchestrator.repo().prune_history(retention, BATCH).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(count = n, "pruned saga history past its retention");
+                    metrics::counter!("saga_history_pruned_total").increment(n);
                     if (n as i64) < BATCH {
                         return;
                     }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use order_saga_platform::db::{Db, is_unique_violation};
+use order_saga_platform::db::{Db, detached, is_unique_violation};
 
 use crate::history::{self, Append, EventKind, HistoryEvent, HistorySql, Transition};
 use order_saga_saga::{Leg, LegState, Phase, Reason, Saga, Side};
@@ -140,6 +140,7 @@ struct Queries {
     take_over: String,
     by_id: String,
     by_key: String,
+    lock_placed: String,
     stuck: String,
     history: HistorySql,
 }
@@ -196,7 +197,12 @@ impl OrderRepo {
                  RETURNING {COLUMNS}"
             )),
             by_id: format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"),
-            by_key: format!("SELECT {COLUMNS} FROM orders WHERE idempotency_key = $1"),
+            by_key: format!(
+                "SELECT {COLUMNS} FROM orders WHERE customer_id = $1 AND idempotency_key = $2"
+            ),
+            lock_placed: db.sql(&format!(
+                "SELECT {COLUMNS} FROM orders WHERE order_id = $1 AND phase = 'placed' {{for_update}}"
+            )),
             stuck: format!(
                 "SELECT {COLUMNS} FROM orders WHERE {UNFINISHED} ORDER BY created_at, order_id LIMIT $1"
             ),
@@ -214,9 +220,29 @@ impl OrderRepo {
     }
 
     /// Inserts a new order in `reserving`, leased to `owner` for `lease`. An existing
-    /// idempotency key returns that order instead.
+    /// idempotency key of the same customer returns that order instead.
+    ///
+    /// Every transaction of this repository runs detached from its caller
+    /// ([`order_saga_platform::db::detached`]): a request that is cancelled mid-transaction
+    /// must not hand its connection back inside an open transaction.
     #[tracing::instrument(skip_all, fields(order_id = %order_id), err)]
     pub async fn create(
+        &self,
+        order_id: &str,
+        order: &NewOrder,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Created, RepoError> {
+        let (this, order_id, order, owner) = (
+            self.clone(),
+            order_id.to_owned(),
+            order.clone(),
+            owner.to_owned(),
+        );
+        detached(async move { this.create_tx(&order_id, &order, &owner, lease).await }).await
+    }
+
+    async fn create_tx(
         &self,
         order_id: &str,
         order: &NewOrder,
@@ -239,7 +265,10 @@ impl OrderRepo {
             Err(e) if is_unique_violation(&e) => {
                 // The failed statement ended PostgreSQL's transaction; read outside it.
                 tx.rollback().await?;
-                return match self.by_key(&order.idempotency_key).await? {
+                return match self
+                    .by_key(&order.customer_id, &order.idempotency_key)
+                    .await?
+                {
                     Some(existing) => Ok(Created::Existing(existing)),
                     // The conflicting row vanished: impossible without deletes; surface it.
                     None => Err(RepoError::Db(e)),
@@ -261,6 +290,22 @@ impl OrderRepo {
     /// the caller must stop driving and read the stored outcome.
     #[tracing::instrument(skip_all, fields(order_id = %record.order_id, epoch = record.epoch, phase = record.saga.phase.as_str()), err)]
     pub async fn persist(
+        &self,
+        record: &OrderRecord,
+        owner: &str,
+        lease: Duration,
+        transition: &Transition,
+    ) -> Result<OrderRecord, RepoError> {
+        let (this, record, owner, transition) = (
+            self.clone(),
+            record.clone(),
+            owner.to_owned(),
+            transition.clone(),
+        );
+        detached(async move { this.persist_tx(&record, &owner, lease, &transition).await }).await
+    }
+
+    async fn persist_tx(
         &self,
         record: &OrderRecord,
         owner: &str,
@@ -335,7 +380,42 @@ impl OrderRepo {
         Ok(())
     }
 
-    /// Up to `limit` history events of `order_id`, oldest first.
+    /// Appends the history event of a completed delivery to a placed order, under the row's
+    /// lock (so its `seq` is unique); the order itself is not rewritten. `None` when the
+    /// order is not placed.
+    pub async fn record_completion(
+        &self,
+        order_id: &str,
+        owner: &str,
+        agent: Option<String>,
+    ) -> Result<Option<OrderRecord>, RepoError> {
+        let (this, order_id, owner) = (self.clone(), order_id.to_owned(), owner.to_owned());
+        detached(async move {
+            let mut tx = this.db.pool().begin().await?;
+            let row = sqlx::query(AssertSqlSafe(this.sql.lock_placed.as_str()))
+                .bind(&order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let mut record = decode(&row)?;
+            record.lease_owner = Some(owner);
+            let transition = Transition {
+                kind: EventKind::DeliveryCompleted,
+                from: Some(record.saga.phase),
+                calls: Vec::new(),
+                error: agent.map(|a| format!("agent {a} freed")),
+            };
+            this.append(&mut tx, &record, &transition).await?;
+            tx.commit().await?;
+            Ok::<_, RepoError>(Some(record))
+        })
+        .await
+    }
+
+    /// The newest `limit` history events of `order_id`, oldest first.
     pub async fn history(
         &self,
         order_id: &str,
@@ -352,6 +432,16 @@ impl OrderRepo {
     /// Claims up to `limit` unfinished orders whose lease ran out, for `owner`, each with a
     /// new epoch. Atomic: two instances never claim the same order.
     pub async fn claim_expired(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<OrderRecord>, RepoError> {
+        let (this, owner) = (self.clone(), owner.to_owned());
+        detached(async move { this.claim_expired_tx(&owner, lease, limit).await }).await
+    }
+
+    async fn claim_expired_tx(
         &self,
         owner: &str,
         lease: Duration,
@@ -378,14 +468,8 @@ impl OrderRepo {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<OrderRecord>, RepoError> {
-        self.claim_with(
-            &self.sql.claim_one,
-            order_id,
-            owner,
-            lease,
-            EventKind::TakenOver,
-        )
-        .await
+        self.claim_with(Claimant::One, order_id, owner, lease, EventKind::TakenOver)
+            .await
     }
 
     /// Takes an unfinished order over regardless of its lease (operator redrive or
@@ -398,20 +482,40 @@ impl OrderRepo {
         lease: Duration,
         kind: EventKind,
     ) -> Result<Option<OrderRecord>, RepoError> {
-        self.claim_with(&self.sql.take_over, order_id, owner, lease, kind)
+        self.claim_with(Claimant::TakeOver, order_id, owner, lease, kind)
             .await
     }
 
     async fn claim_with(
         &self,
-        sql: &str,
+        claimant: Claimant,
         order_id: &str,
         owner: &str,
         lease: Duration,
         kind: EventKind,
     ) -> Result<Option<OrderRecord>, RepoError> {
+        let (this, order_id, owner) = (self.clone(), order_id.to_owned(), owner.to_owned());
+        detached(async move {
+            this.claim_with_tx(claimant, &order_id, &owner, lease, kind)
+                .await
+        })
+        .await
+    }
+
+    async fn claim_with_tx(
+        &self,
+        claimant: Claimant,
+        order_id: &str,
+        owner: &str,
+        lease: Duration,
+        kind: EventKind,
+    ) -> Result<Option<OrderRecord>, RepoError> {
+        let sql = match claimant {
+            Claimant::One => &self.sql.claim_one,
+            Claimant::TakeOver => &self.sql.take_over,
+        };
         let mut tx = self.db.pool().begin().await?;
-        let row = sqlx::query(AssertSqlSafe(sql))
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(order_id)
             .bind(owner)
             .bind(ms(lease))
@@ -427,9 +531,18 @@ impl OrderRepo {
         self.one(&self.sql.by_id, order_id).await
     }
 
-    /// One order by idempotency key.
-    pub async fn by_key(&self, key: &str) -> Result<Option<OrderRecord>, RepoError> {
-        self.one(&self.sql.by_key, key).await
+    /// One order by its customer and idempotency key.
+    pub async fn by_key(
+        &self,
+        customer_id: &str,
+        key: &str,
+    ) -> Result<Option<OrderRecord>, RepoError> {
+        let row = sqlx::query(AssertSqlSafe(self.sql.by_key.as_str()))
+            .bind(customer_id)
+            .bind(key)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(decode).transpose()
     }
 
     async fn one(&self, sql: &str, arg: &str) -> Result<Option<OrderRecord>, RepoError> {
@@ -556,6 +669,15 @@ impl OrderRepo {
             .fetch_one(self.db.pool())
             .await?)
     }
+}
+
+/// Which claim of one order [`OrderRepo::claim_with`] makes.
+#[derive(Debug, Clone, Copy)]
+enum Claimant {
+    /// A waiting client's: only when the lease ran out.
+    One,
+    /// An operator's: whatever the lease.
+    TakeOver,
 }
 
 /// A bound value of a query built at run time.

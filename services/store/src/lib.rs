@@ -38,8 +38,12 @@ pub async fn build(
     let api = StoreApi {
         engine: app.engine().clone(),
     };
+    // Public reads count from their own pool, so they never hold a connection a reserve needs.
+    let public = StoreApi {
+        engine: app.public_engine().clone(),
+    };
     app.app_mut()
-        .add(Audience::Public, StoreServiceServer::new(api.clone()))
+        .add(Audience::Public, StoreServiceServer::new(public))
         .await
         .add(Audience::Internal, StoreServiceServer::new(api.clone()))
         .await
@@ -62,6 +66,7 @@ fn food(info: PoolInfo) -> Food {
         reserved: info.counts.reserved,
         assigned: info.counts.assigned,
         created_at: Some(timestamp_from_ms(info.created_at_ms)),
+        retired: info.counts.retired,
     }
 }
 

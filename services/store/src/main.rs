@@ -15,6 +15,8 @@ async fn main() -> anyhow::Result<()> {
         "STORE",
         ["127.0.0.1:50052", "127.0.0.1:50152", "127.0.0.1:50252"],
         "sqlite://data/store.db",
+        // Delivered packets are retired after 30 days.
+        "30days",
     );
     let _telemetry = init_telemetry("store", &TelemetryConfig::from_env()?)?;
     let settings = args.settings()?;

@@ -7,13 +7,14 @@ use order_saga_e2e::{Cluster, ClusterOptions, OPERATOR_TOKEN, VIEWER_TOKEN, chan
 use order_saga_platform::testing::TestBackend;
 use order_saga_proto::{
     delivery::v1::{
-        AddAgentsRequest, CompleteDeliveryRequest, ListZonesRequest,
+        AddAgentsRequest, ListZonesRequest,
         delivery_admin_service_client::DeliveryAdminServiceClient,
         delivery_service_client::DeliveryServiceClient,
     },
     order::v1::{
-        ForceFailOrderRequest, GetSagaStatsRequest, ListOrdersRequest, ListStuckOrdersRequest,
-        RedriveOrderRequest, order_admin_service_client::OrderAdminServiceClient,
+        CompleteDeliveryRequest, ForceFailOrderRequest, GetSagaStatsRequest, ListOrdersRequest,
+        ListStuckOrdersRequest, RedriveOrderRequest,
+        order_admin_service_client::OrderAdminServiceClient,
     },
     store::v1::{
         CreateFoodRequest, ListFoodsRequest, RestockRequest,
@@ -114,6 +115,14 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
         check(who, "GetSagaStats", got, read);
         let got = code(admin.list_orders(ListOrdersRequest::default()).await);
         check(who, "ListOrders", got, read);
+        let got = code(
+            admin
+                .complete_delivery(CompleteDeliveryRequest {
+                    order_id: "ord-none".into(),
+                })
+                .await,
+        );
+        check(who, "CompleteDelivery", got, write);
 
         let mut store_admin =
             StoreAdminServiceClient::with_interceptor(store.clone(), creds(token));
@@ -147,14 +156,6 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
                 .await,
         );
         check(who, "AddAgents", got, write);
-        let got = code(
-            delivery_admin
-                .complete_delivery(CompleteDeliveryRequest {
-                    agent_id: "agent-none".into(),
-                })
-                .await,
-        );
-        check(who, "CompleteDelivery", got, write);
     }
     // Only the operator changed anything: one restock and one agent added, one food created.
     let foods = StoreServiceClient::new(channel(cluster.store_addrs.public).await)
@@ -181,6 +182,50 @@ async fn admin_apis_refuse_callers_without_the_right_token() {
     assert_eq!(
         placed.state,
         order_saga_proto::order::v1::OrderState::Placed as i32
+    );
+    cluster.stop().await;
+}
+
+/// A peer that keeps presenting wrong tokens is refused for the rest of the window, even with
+/// the right one: guessing costs a minute per ten tries. (Main answered the eleventh call, with
+/// the operator's token, `OK`.)
+#[tokio::test]
+async fn a_peer_guessing_tokens_is_throttled() {
+    use order_saga_platform::auth::MAX_FAILURES;
+    let cluster = Cluster::start(TestBackend::Sqlite, ClusterOptions::default()).await;
+    let order = channel(cluster.order_addrs.admin).await;
+    let mut guesser: OrderAdminServiceClient<Creds> = OrderAdminServiceClient::with_interceptor(
+        order.clone(),
+        creds(Some("guess-0123456789abcdef")),
+    );
+    for _ in 0..MAX_FAILURES {
+        let got = code(guesser.list_orders(ListOrdersRequest::default()).await);
+        assert_eq!(got, Code::Unauthenticated);
+    }
+    let mut operator: OrderAdminServiceClient<Creds> =
+        OrderAdminServiceClient::with_interceptor(order, creds(Some(OPERATOR_TOKEN)));
+    let refused = operator
+        .list_orders(ListOrdersRequest::default())
+        .await
+        .expect_err("the address is throttled");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        order_saga_saga::retry_hint(&refused).is_some(),
+        "it says when to come back"
+    );
+    // Another server of the cluster keeps its own count.
+    let mut store_admin = StoreAdminServiceClient::with_interceptor(
+        channel(cluster.store_addrs.admin).await,
+        creds(Some(OPERATOR_TOKEN)),
+    );
+    assert!(
+        store_admin
+            .restock(RestockRequest {
+                food_id: "nothing".into(),
+                count: 1,
+            })
+            .await
+            .is_err_and(|s| s.code() == Code::NotFound)
     );
     cluster.stop().await;
 }

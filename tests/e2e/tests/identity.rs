@@ -241,8 +241,10 @@ async fn orchestrator_refuses_a_participant_with_another_services_certificate() 
         format!("https://{delivery}"),
         cluster.certs.order.clone(),
     );
-    settings.call_timeout = Duration::from_millis(500);
+    settings.call_timeout = Duration::from_millis(1500);
     settings.place_timeout = Duration::from_secs(3);
+    // The impostor never completes a handshake, so it never tells its limits: check briefly.
+    settings.participant_check_wait = Duration::from_millis(300);
     let listeners = Listeners::bind(ListenAddrs::ephemeral(false))
         .await
         .expect("bind");

@@ -89,10 +89,35 @@ both_backends!(
         let order = cluster.place("k1", "pizza", "north").await.expect("place");
         assert_eq!(order.state, OrderState::NotPlaced as i32);
         assert_eq!(order.not_placed_reason, NotPlacedReason::OutOfStock as i32);
+        // Customers read what the reason means; the participant's words (pool names,
+        // internal ids) are for operators. (Main answered "store reserve:
+        // ResourceExhausted: no unit available in pool \"pizza\"" on the public API.)
+        assert_eq!(order.detail, "the food is sold out");
+        let public = cluster
+            .orders()
+            .await
+            .get_order(order_saga_proto::order::v1::GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(public.detail, "the food is sold out");
+        let listed = cluster
+            .order_admin()
+            .await
+            .list_orders(ListOrdersRequest {
+                page_size: 1,
+                ..ListOrdersRequest::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .orders;
         assert!(
-            order.detail.contains("no unit available"),
+            listed[0].detail.contains("no unit available"),
             "{}",
-            order.detail
+            listed[0].detail
         );
         assert_eq!(
             zone_counts(&cluster, "north").await,
@@ -742,6 +767,119 @@ both_backends!(
             .into_inner()
             .events;
         assert!(events.is_empty(), "{events:#?}");
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    idempotency_keys_belong_to_their_customer,
+    |backend| async move {
+        // Alice and Bob both use "order-1": two orders, and neither learns of the other's key.
+        // (Main refused Bob INVALID_ARGUMENT, "idempotency_key was already used for a different
+        // order".)
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 5).await;
+        cluster.add_agents("north", 5).await;
+        let mut client = cluster.orders().await;
+        let request = |customer: &str, food: &str| PlaceOrderRequest {
+            idempotency_key: "order-1".into(),
+            customer_id: customer.into(),
+            food_id: food.into(),
+            zone: "north".into(),
+        };
+        let alice = client
+            .place_order(request("alice", "pizza"))
+            .await
+            .expect("alice")
+            .into_inner();
+        let bob = client
+            .place_order(request("bob", "pizza"))
+            .await
+            .expect("bob's own order under his own key")
+            .into_inner();
+        assert_ne!(alice.order_id, bob.order_id);
+        assert_eq!(bob.state, OrderState::Placed as i32);
+        // Each key still replays within its customer, and guards its customer's parameters.
+        let again = client
+            .place_order(request("alice", "pizza"))
+            .await
+            .expect("replay")
+            .into_inner();
+        assert_eq!(again.order_id, alice.order_id);
+        cluster.add_food("soup", 1).await;
+        let err = client
+            .place_order(request("bob", "soup"))
+            .await
+            .expect_err("bob reused his key");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    only_a_placed_orders_delivery_is_completed,
+    |backend| async move {
+        use order_saga_proto::order::v1::CompleteDeliveryRequest;
+        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        cluster.add_food("pizza", 3).await;
+        cluster.add_agents("solo", 1).await;
+        let mut admin = cluster.order_admin().await;
+        let first = cluster.place("k1", "pizza", "solo").await.expect("place");
+        assert_eq!(first.state, OrderState::Placed as i32);
+        // The zone's one agent is busy: the next order finds none.
+        let second = cluster.place("k2", "pizza", "solo").await.expect("place");
+        assert_eq!(second.not_placed_reason, NotPlacedReason::NoAgent as i32);
+        // A not-placed order's delivery cannot be completed; an unknown one does not exist.
+        let refused = admin
+            .complete_delivery(CompleteDeliveryRequest {
+                order_id: second.order_id.clone(),
+            })
+            .await
+            .expect_err("not placed");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let unknown = admin
+            .complete_delivery(CompleteDeliveryRequest {
+                order_id: "ord-none".into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(unknown.code(), Code::NotFound);
+        // The placed order's delivery frees its agent, once; the repeat frees nothing.
+        let done = admin
+            .complete_delivery(CompleteDeliveryRequest {
+                order_id: first.order_id.clone(),
+            })
+            .await
+            .expect("complete")
+            .into_inner();
+        assert_eq!(done.agent_id, first.agent_id);
+        let again = admin
+            .complete_delivery(CompleteDeliveryRequest {
+                order_id: first.order_id.clone(),
+            })
+            .await
+            .expect("repeat")
+            .into_inner();
+        assert_eq!(again.agent_id, "");
+        assert_eq!(zone_counts(&cluster, "solo").await, (1, 0, 0));
+        let history = admin
+            .get_order_history(GetOrderHistoryRequest {
+                order_id: first.order_id.clone(),
+            })
+            .await
+            .expect("history")
+            .into_inner()
+            .events;
+        assert!(
+            history.iter().any(|e| e.kind == "delivery_completed"),
+            "{history:#?}"
+        );
+        // The first order stays placed; its agent serves the next one.
+        let third = cluster.place("k3", "pizza", "solo").await.expect("place");
+        assert_eq!(third.state, OrderState::Placed as i32);
+        assert_eq!(third.agent_id, first.agent_id);
+        cluster.assert_invariants_when_quiet(SETTLE).await;
         cluster.stop().await;
     }
 );

@@ -215,12 +215,17 @@ pub fn request(rpc: &str, rng: &mut StdRng, k: &Known) -> Vec<u8> {
             count: int64(rng),
         }
         .encode_to_vec(),
-        // Unit ids are always invented: completing a placed order's delivery frees its agent,
-        // which the invariant checker, knowing nothing of deliveries, reads as a broken order.
-        "CompleteDelivery" => delivery::CompleteDeliveryRequest {
-            agent_id: s(rng, &[]),
+        // Known order ids too: the order service completes only a placed order's delivery,
+        // and the invariant checker knows completed deliveries free their agents.
+        "CompleteDelivery" => order::CompleteDeliveryRequest {
+            order_id: s(rng, orders),
         }
         .encode_to_vec(),
+        "Complete" => reservation::CompleteRequest {
+            order_id: s(rng, orders),
+        }
+        .encode_to_vec(),
+        "GetLimits" => reservation::GetLimitsRequest {}.encode_to_vec(),
         "Reserve" => reservation::ReserveRequest {
             order_id: s(rng, orders),
             pool: s(rng, pools),

@@ -107,6 +107,11 @@ const TARGETS: &[(&str, &str, Audience)] = &[
         "/order.v1.OrderAdminService/GetOrderHistory",
         Audience::Admin,
     ),
+    (
+        "order",
+        "/order.v1.OrderAdminService/CompleteDelivery",
+        Audience::Admin,
+    ),
     ("store", "/store.v1.StoreService/GetFood", Audience::Public),
     (
         "store",
@@ -139,6 +144,16 @@ const TARGETS: &[(&str, &str, Audience)] = &[
         Audience::Internal,
     ),
     (
+        "store",
+        "/reservation.v1.ReservationService/Complete",
+        Audience::Internal,
+    ),
+    (
+        "store",
+        "/reservation.v1.ReservationService/GetLimits",
+        Audience::Internal,
+    ),
+    (
         "delivery",
         "/delivery.v1.DeliveryService/GetZone",
         Audience::Public,
@@ -155,11 +170,6 @@ const TARGETS: &[(&str, &str, Audience)] = &[
     ),
     (
         "delivery",
-        "/delivery.v1.DeliveryAdminService/CompleteDelivery",
-        Audience::Admin,
-    ),
-    (
-        "delivery",
         "/reservation.v1.ReservationService/Reserve",
         Audience::Internal,
     ),
@@ -171,6 +181,16 @@ const TARGETS: &[(&str, &str, Audience)] = &[
     (
         "delivery",
         "/reservation.v1.ReservationService/Release",
+        Audience::Internal,
+    ),
+    (
+        "delivery",
+        "/reservation.v1.ReservationService/Complete",
+        Audience::Internal,
+    ),
+    (
+        "delivery",
+        "/reservation.v1.ReservationService/GetLimits",
         Audience::Internal,
     ),
 ];

@@ -8,8 +8,10 @@
 //! Protection is the admin API's: the admin listener's auth layer
 //! ([`order_saga_platform::auth`]) lets a page through only with an admin token, sent by the
 //! browser in the `saga_admin_token` cookie that the login page sets (`HttpOnly`,
-//! `SameSite=Strict`). `GET` needs either role; every action is a `POST` and needs the operator
-//! role. Actions also check that the request comes from the console's own origin.
+//! `SameSite=Strict`, and `Secure` when the admin listener serves TLS). `GET` needs either role;
+//! every action is a `POST` and needs the operator role. Actions also check that the request
+//! comes from the console's own origin. Wrong tokens at the login count against the peer's
+//! address like any other ([`order_saga_platform::auth::MAX_FAILURES`]).
 
 mod views;
 
@@ -18,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, RawQuery, State},
+    extract::{Path, RawQuery, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -55,16 +57,20 @@ struct Inner {
     store: StoreServiceClient<Channel>,
     delivery: DeliveryServiceClient<Channel>,
     tokens: AdminTokens,
+    /// The admin listener serves TLS: the login cookie is `Secure`.
+    secure_cookie: bool,
 }
 
 impl Console {
     /// A console over the placement use cases, the participants' catalogue reads (`store` and
-    /// `delivery`: the internal channels) and the admin tokens that may log in.
+    /// `delivery`: the internal channels) and the admin tokens that may log in; with
+    /// `secure_cookie` (the admin listener serves TLS) the login cookie is `Secure`.
     pub fn new(
         placement: Placement,
         store: Channel,
         delivery: Channel,
         tokens: AdminTokens,
+        secure_cookie: bool,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -72,6 +78,7 @@ impl Console {
                 store: StoreServiceClient::new(store),
                 delivery: DeliveryServiceClient::new(delivery),
                 tokens,
+                secure_cookie,
             }),
         }
     }
@@ -142,13 +149,29 @@ async fn login_page(RawQuery(query): RawQuery) -> Response {
     page(views::login(failed))
 }
 
+/// The attributes of the login cookie: never readable by scripts, never sent cross-site, and
+/// only over TLS when the listener serves it.
+fn cookie_attributes(secure: bool) -> &'static str {
+    if secure {
+        "Path=/; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
 /// Checks the token and sets the cookie; or, with `logout`, clears it.
-async fn login(State(console): State<Console>, headers: HeaderMap, body: Bytes) -> Response {
-    if !same_origin(&headers) {
+async fn login(State(console): State<Console>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    if !same_origin(headers) {
         return error_page(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return error_page(StatusCode::PAYLOAD_TOO_LARGE, "form too large");
+    };
     let form = pairs(&body);
-    let clear = format!("{TOKEN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let attributes = cookie_attributes(console.inner.secure_cookie);
+    let clear = format!("{TOKEN_COOKIE}=; {attributes}; Max-Age=0");
     if value(&form, "logout").is_some() {
         return ([(header::SET_COOKIE, clear)], Redirect::to(LOGIN_PATH)).into_response();
     }
@@ -156,10 +179,19 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: Bytes) 
     // The cookie carries the token as is: refuse anything that could break the header.
     let printable = token.bytes().all(|b| b.is_ascii_graphic() && b != b';');
     let authorization = format!("Bearer {token}");
-    if !printable || console.inner.tokens.role(Some(&authorization)).is_none() {
-        return Redirect::to(&format!("{LOGIN_PATH}?failed")).into_response();
+    let peer = auth::peer_ip(&parts.extensions);
+    match console
+        .inner
+        .tokens
+        .role_for_peer(peer, printable.then_some(authorization.as_str()))
+    {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+            return error_page(StatusCode::TOO_MANY_REQUESTS, s.message());
+        }
+        Err(_) => return Redirect::to(&format!("{LOGIN_PATH}?failed")).into_response(),
     }
-    let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    let cookie = format!("{TOKEN_COOKIE}={token}; {attributes}");
     (
         [(header::SET_COOKIE, cookie)],
         Redirect::to("/console/orders"),
@@ -248,6 +280,7 @@ async fn order(
 enum Action {
     Redrive,
     ForceFail,
+    CompleteDelivery,
 }
 
 impl Action {
@@ -255,6 +288,7 @@ impl Action {
         match s {
             "redrive" => Some(Action::Redrive),
             "force-fail" => Some(Action::ForceFail),
+            "complete-delivery" => Some(Action::CompleteDelivery),
             _ => None,
         }
     }
@@ -263,6 +297,7 @@ impl Action {
         match self {
             Action::Redrive => "redriven",
             Action::ForceFail => "force-failed",
+            Action::CompleteDelivery => "delivery completed",
         }
     }
 }
@@ -279,6 +314,11 @@ impl Console {
         let done = match action {
             Action::Redrive => placement.redrive(order_id, deadline).await,
             Action::ForceFail => placement.force_fail(order_id, deadline).await,
+            Action::CompleteDelivery => match placement.complete_delivery(order_id).await {
+                Ok(Some(agent)) => return format!("{order_id}: delivery completed, {agent} freed"),
+                Ok(None) => return format!("{order_id}: delivery was completed already"),
+                Err(e) => return format!("{order_id}: {e}"),
+            },
         };
         match done {
             Ok(record) => format!(
@@ -302,6 +342,11 @@ async fn act_on_order(
     let Some(action) = Action::parse(&action) else {
         return error_page(StatusCode::NOT_FOUND, "no such action");
     };
+    // Checked before anything echoes it: a crafted id (`%0A` decodes to a newline) must not
+    // reach the redirect's header.
+    if order_saga_platform::validate_id("order_id", &id, crate::grpc::MAX_ID_LEN).is_err() {
+        return error_page(StatusCode::BAD_REQUEST, "not an order id");
+    }
     let notice = console.act(action, &id).await;
     tracing::info!(order_id = %id, ?action, %notice, "console action");
     let query: String = form_urlencoded::Serializer::new(String::new())

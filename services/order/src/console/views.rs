@@ -258,6 +258,14 @@ pub fn order(
                         }
                     }
                 }
+                @if r.saga.phase == order_saga_saga::Phase::Placed && operator {
+                    div.actions {
+                        form method="post" action={ "/console/orders/" (r.order_id) "/complete-delivery" }
+                            onsubmit="return confirm('Mark the delivery done? Its agent is freed for the next order.')" {
+                            button #complete-delivery type="submit" { "Complete delivery" }
+                        }
+                    }
+                }
             }
         }
         h2 { "Timeline" }
