@@ -419,6 +419,9 @@ impl ProcCluster {
                 ms(config.sweep_interval),
             );
             env.insert(format!("{prefix}_DB_ACQUIRE_TIMEOUT"), "2s".to_owned());
+            // Shorter than any call timeout a scenario uses, so busy answers reach the caller
+            // (the order service checks this at start-up).
+            env.insert(format!("{prefix}_QUEUE_WAIT"), "300ms".to_owned());
             anyhow::Ok((
                 Process::new(
                     name,

@@ -865,7 +865,7 @@ async fn s11_operator_takeover_fences_the_slowed_driver() {
             // out during the slow assign: only the operator takes the saga over.
             call_timeout: Duration::from_secs(10),
             lease: Duration::from_secs(20),
-            reservation_ttl: Duration::from_secs(30),
+            reservation_ttl: Duration::from_secs(40),
             ..ProcConfig::default()
         },
         8,
@@ -977,4 +977,137 @@ fn rand_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
+}
+
+/// The order service's row of the order with `key`: (phase, store_leg).
+async fn legs(c: &ProcCluster, key: &str) -> Option<(String, String)> {
+    let pool = any_pool(&c.pg.url("orders")).await.expect("connect");
+    let row = sqlx::query("SELECT phase, store_leg FROM orders WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(&pool)
+        .await
+        .expect("read");
+    pool.close().await;
+    row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+}
+
+/// The review's finding: with a zone of one agent and the store's assign held back, an
+/// operator completes the first order's delivery while that order is still assigning. Main let
+/// delivery's admin API free the agent; a second order took it, and both were answered PLACED
+/// with one agent. Now a completion goes through the order service, which refuses it for an
+/// order it has not stored PLACED; once placed, the same call frees the agent for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s12_no_operator_frees_the_agent_of_an_order_still_being_placed() {
+    use order_saga_proto::order::v1::CompleteDeliveryRequest;
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(
+        ProcConfig {
+            call_timeout: Duration::from_secs(10),
+            lease: Duration::from_secs(5),
+            reservation_ttl: Duration::from_secs(30),
+            ..ProcConfig::default()
+        },
+        4,
+    )
+    .await;
+    c.add_agents("solo", 1).await.expect("one agent");
+    arm(
+        &mut c,
+        "store",
+        "participant-assign-before-commit=1*sleep(4000)",
+    )
+    .await;
+    let first = request("s12-first", "pizza", "solo");
+    let customer = spawn_place(&c, &first).await;
+    wait_phase(&c, "s12-first", "assigning").await;
+    // Delivery assigns at once; the store's assign is held back for 4 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let order_id = loop {
+        let pool = any_pool(&c.pg.url("delivery")).await.expect("connect");
+        let held: Option<String> =
+            sqlx::query_scalar("SELECT order_id FROM units WHERE pool = 'solo' AND status = 'assigned'")
+                .fetch_optional(&pool)
+                .await
+                .expect("read");
+        pool.close().await;
+        if let Some(order_id) = held {
+            break order_id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the agent was never assigned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut admin = c.order_admin_client(0).await.expect("admin");
+    let early = admin
+        .complete_delivery(CompleteDeliveryRequest {
+            order_id: order_id.clone(),
+        })
+        .await
+        .expect_err("the order is not placed yet");
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    // The agent stays the first order's: a second order finds none.
+    let second = place_until_final(&c, &request("s12-second", "pizza", "solo"), SETTLE).await;
+    assert_eq!(
+        second.not_placed_reason,
+        NotPlacedReason::NoAgent as i32,
+        "{second:?}"
+    );
+    let first = customer
+        .await
+        .expect("join")
+        .expect("first answered")
+        .into_inner();
+    assert_eq!(told(&first), "placed", "{first:?}");
+    // Placed now: its delivery can be completed, and the agent serves the next order.
+    let done = admin
+        .complete_delivery(CompleteDeliveryRequest { order_id })
+        .await
+        .expect("complete a placed order's delivery")
+        .into_inner();
+    assert_eq!(done.agent_id, first.agent_id);
+    let third = place_until_final(&c, &request("s12-third", "pizza", "solo"), SETTLE).await;
+    assert_eq!(told(&third), "placed", "{third:?}");
+    assert_eq!(third.agent_id, first.agent_id);
+    assert_quiet_invariants(&c).await;
+    c.shutdown().await;
+}
+
+/// A crash late in `Reserving`: the store reserved (and that was persisted), delivery could not
+/// be reached, and the instance died; it comes back only after the store's reservation
+/// expired. The recovering driver reserves both sides again, which renews (or replaces) the
+/// packet, and the order is placed. (Main resumed with the stale packet, assigned it after
+/// its expiry and ended NOT_PLACED, reservation expired.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s13_a_saga_recovered_late_in_reserving_reserves_again() {
+    let _serial = SERIAL.lock().await;
+    let mut c = cluster(
+        ProcConfig {
+            reservation_ttl: Duration::from_secs(4),
+            lease: Duration::from_secs(1),
+            ..ProcConfig::default()
+        },
+        4,
+    )
+    .await;
+    // One order first, so the food and zone are known (the catalogue check before an order is
+    // created asks delivery, whose link is cut next).
+    let warm = place_until_final(&c, &request("s13-warm", "pizza", "north"), SETTLE).await;
+    assert_eq!(told(&warm), "placed");
+    c.link("order0-delivery").set(Fault::Cut);
+    let req = request("s13", "pizza", "north");
+    let customer = spawn_place(&c, &req).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while legs(&c, "s13").await != Some(("reserving".into(), "reserved".into())) {
+        assert!(tokio::time::Instant::now() < deadline, "the store never reserved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.orders[0].kill().await;
+    drop(customer);
+    // Past the packet's TTL: its reservation expired (and the sweeper may have freed it).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.link("order0-delivery").set(Fault::None);
+    c.orders[0].start_healthy("").await.expect("restart");
+    let order = place_until_final(&c, &req, SETTLE).await;
+    assert_eq!(told(&order), "placed", "{order:?}");
+    assert_quiet_invariants(&c).await;
+    c.shutdown().await;
 }
