@@ -41,6 +41,10 @@ pub struct AdmissionConfig {
     pub queue_wait: Duration,
     /// The delay the busy answer's `RetryInfo` asks the client to wait.
     pub retry_after: Duration,
+    /// Requests admitted per second at most (`None`: no rate limit). A request over the rate
+    /// waits in the queue for its turn (within the queue wait), so callers that do not wait
+    /// for their answers cannot make the server spend more than this on them.
+    pub max_per_second: Option<u32>,
 }
 
 impl Default for AdmissionConfig {
@@ -50,7 +54,49 @@ impl Default for AdmissionConfig {
             max_queued: 4096,
             queue_wait: Duration::from_secs(1),
             retry_after: Duration::from_millis(200),
+            max_per_second: None,
         }
+    }
+}
+
+/// The rate limit of one server: a generic cell rate algorithm. Each admitted request moves
+/// the theoretical arrival time (`tat`) on by one interval; a request may start once `tat`
+/// is less than `burst` intervals ahead of now.
+#[derive(Debug)]
+struct Rate {
+    interval: Duration,
+    burst: Duration,
+    tat: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Rate {
+    fn new(per_second: u32) -> Self {
+        let per_second = per_second.max(1);
+        let interval = Duration::from_secs(1) / per_second;
+        // A tenth of a second's worth may arrive at once.
+        let burst = interval * (per_second / 10).max(1);
+        Self {
+            interval,
+            burst,
+            tat: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Books this request's turn: how long it must wait for it, or `None` (nothing booked)
+    /// when that is longer than `patience`.
+    fn book(&self, patience: Duration) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let mut tat = self
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = (*tat).max(now) + self.interval;
+        let wait = next.saturating_duration_since(now + self.burst);
+        if wait > patience {
+            return None;
+        }
+        *tat = next;
+        Some(wait)
     }
 }
 
@@ -58,6 +104,7 @@ impl Default for AdmissionConfig {
 #[derive(Debug)]
 struct Shared {
     config: AdmissionConfig,
+    rate: Option<Rate>,
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     /// The listener's name in metrics, once [`AdmissionLayer::report_metrics`] set it.
@@ -76,6 +123,7 @@ impl AdmissionLayer {
         let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         Self {
             shared: Arc::new(Shared {
+                rate: config.max_per_second.map(Rate::new),
                 config,
                 slots,
                 queued: AtomicUsize::new(0),
@@ -188,7 +236,9 @@ impl Shared {
         &self,
         timeout: Option<Duration>,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+        if self.rate.is_none()
+            && let Ok(permit) = self.slots.clone().try_acquire_owned()
+        {
             return Ok(permit);
         }
         let busy = |why: &str| {
@@ -205,8 +255,23 @@ impl Shared {
             return Err(busy("admission queue full"));
         }
         let _waiting = InQueue(&self.queued);
-        match tokio::time::timeout(self.wait_for(timeout), self.slots.clone().acquire_owned()).await
-        {
+        let patience = self.wait_for(timeout);
+        let started = tokio::time::Instant::now();
+        if let Some(rate) = &self.rate {
+            match rate.book(patience) {
+                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Some(_) => {}
+                None => {
+                    // No turn within its patience: it is answered busy, but only once that
+                    // patience is spent, so a caller that never waits for a retry hint still
+                    // sends one request per queue wait instead of spinning on refusals.
+                    tokio::time::sleep(patience).await;
+                    return Err(busy("over the request rate"));
+                }
+            }
+        }
+        let left = patience.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(busy("shutting down")),
             Err(_elapsed) => Err(busy("waited too long for a slot")),
@@ -281,6 +346,24 @@ mod tests {
         }
     }
 
+    /// A route that answers at once.
+    #[derive(Clone)]
+    struct AtOnce;
+
+    impl Service<http::Request<()>> for AtOnce {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            Box::pin(async { Ok(http::Response::new(tonic::body::Body::empty())) })
+        }
+    }
+
     fn request(path: &str) -> http::Request<()> {
         http::Request::builder()
             .uri(path)
@@ -300,6 +383,7 @@ mod tests {
             max_queued: 3,
             queue_wait: Duration::from_secs(30),
             retry_after: Duration::from_millis(150),
+            max_per_second: None,
         });
         // Two connections, one admission: the limits are per server.
         let a = layer.layer(Hold(release.clone()));
@@ -363,6 +447,7 @@ mod tests {
             max_queued: 10,
             queue_wait: Duration::from_secs(5),
             retry_after: Duration::from_millis(100),
+            max_per_second: None,
         });
         let mut svc = layer.layer(Hold(release.clone()));
         let mut first = svc.clone();
@@ -390,6 +475,48 @@ mod tests {
         running.abort();
     }
 
+    #[tokio::test]
+    async fn requests_over_the_rate_wait_their_turn_or_are_answered_busy() {
+        let layer = AdmissionLayer::new(AdmissionConfig {
+            max_in_flight: 1000,
+            max_queued: 1000,
+            queue_wait: Duration::from_secs(1),
+            retry_after: Duration::from_millis(100),
+            max_per_second: Some(100),
+        });
+        // Callers that never wait for their answers: 300 at once, for a second.
+        let started = tokio::time::Instant::now();
+        let mut calls = Vec::new();
+        for _ in 0..300 {
+            let mut svc = layer.layer(AtOnce);
+            calls.push(tokio::spawn(
+                async move { svc.call(request("/x.S/M")).await },
+            ));
+        }
+        let mut served = 0;
+        let mut busy = 0;
+        for call in calls {
+            let response = call.await.expect("task").expect("infallible");
+            match grpc_status(&response) {
+                None => served += 1,
+                Some(s) => {
+                    assert_eq!(s.code(), tonic::Code::Unavailable);
+                    busy += 1;
+                }
+            }
+        }
+        // A tenth of a second's burst, then 100 per second for the one second of patience.
+        assert!((100..=115).contains(&served), "served {served}");
+        assert_eq!(served + busy, 300);
+        // Refusals come only once the patience is spent: a caller that retries at once still
+        // sends one request a second.
+        let elapsed = started.elapsed();
+        assert!(
+            (Duration::from_millis(950)..=Duration::from_millis(1500)).contains(&elapsed),
+            "{elapsed:?}"
+        );
+    }
+
     #[test]
     fn grpc_timeouts_parse_in_every_unit() {
         let of = |v: &'static str| {
@@ -414,6 +541,7 @@ mod tests {
             max_queued: 10,
             queue_wait: Duration::from_millis(20),
             retry_after: Duration::from_millis(100),
+            max_per_second: None,
         });
         let mut svc = layer.layer(Hold(release.clone()));
         let mut first = svc.clone();

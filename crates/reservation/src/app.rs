@@ -96,6 +96,11 @@ pub struct ParticipantArgs {
     /// Public catalogue requests waiting for admission; beyond, the answer is busy.
     #[arg(long, default_value_t = 1024)]
     pub public_max_queued: usize,
+    /// Public catalogue requests admitted per second at most (the rest wait their turn, then
+    /// are answered busy): callers that never wait for an answer cannot take the CPU the
+    /// orchestrator's calls need.
+    #[arg(long, default_value_t = 200)]
+    pub public_max_per_second: u32,
     /// Connections each listener holds open at once; more wait in the accept queue.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
@@ -202,6 +207,7 @@ impl ParticipantArgs {
             max_queued: self.max_queued,
             queue_wait: self.queue_wait,
             retry_after: self.retry_after,
+            max_per_second: None,
         };
         Ok(ParticipantSettings {
             tls,
@@ -229,6 +235,7 @@ impl ParticipantArgs {
                 public_admission: Some(AdmissionConfig {
                     max_in_flight: self.public_max_in_flight,
                     max_queued: self.public_max_queued,
+                    max_per_second: Some(self.public_max_per_second),
                     ..admission.clone()
                 }),
                 admission,
@@ -292,6 +299,7 @@ impl ParticipantSettings {
                     max_in_flight: 16,
                     max_queued: 1024,
                     queue_wait: Duration::from_secs(1),
+                    max_per_second: Some(200),
                     ..AdmissionConfig::default()
                 }),
                 ..ServerLimits::default()

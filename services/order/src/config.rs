@@ -268,6 +268,7 @@ impl OrderArgs {
                 max_queued: self.max_queued,
                 queue_wait: self.queue_wait,
                 retry_after: self.retry_after,
+                max_per_second: None,
             },
             admin_tokens: AdminTokens::new(
                 self.admin_token.as_deref(),

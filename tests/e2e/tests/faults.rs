@@ -1024,16 +1024,20 @@ async fn s12_no_operator_frees_the_agent_of_an_order_still_being_placed() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let order_id = loop {
         let pool = any_pool(&c.pg.url("delivery")).await.expect("connect");
-        let held: Option<String> =
-            sqlx::query_scalar("SELECT order_id FROM units WHERE pool = 'solo' AND status = 'assigned'")
-                .fetch_optional(&pool)
-                .await
-                .expect("read");
+        let held: Option<String> = sqlx::query_scalar(
+            "SELECT order_id FROM units WHERE pool = 'solo' AND status = 'assigned'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("read");
         pool.close().await;
         if let Some(order_id) = held {
             break order_id;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the agent was never assigned");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent was never assigned"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut admin = c.order_admin_client(0).await.expect("admin");
@@ -1097,7 +1101,10 @@ async fn s13_a_saga_recovered_late_in_reserving_reserves_again() {
     let customer = spawn_place(&c, &req).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while legs(&c, "s13").await != Some(("reserving".into(), "reserved".into())) {
-        assert!(tokio::time::Instant::now() < deadline, "the store never reserved");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store never reserved"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     c.orders[0].kill().await;

@@ -74,6 +74,7 @@ fn tight() -> ClusterOptions {
             max_queued: 24,
             queue_wait: Duration::from_millis(200),
             retry_after: Duration::from_millis(10),
+            max_per_second: None,
         },
         // Smaller than the calls the saga slots allow at once: participants are busy too.
         participant_admission: AdmissionConfig {
@@ -81,6 +82,7 @@ fn tight() -> ClusterOptions {
             max_queued: 2,
             queue_wait: Duration::from_millis(50),
             retry_after: Duration::from_millis(5),
+            max_per_second: None,
         },
         max_sagas: 8,
         ..ClusterOptions::default()
