@@ -298,6 +298,7 @@ impl ServiceApp {
                         http1,
                         admission,
                         guard_reflection,
+                        stopping: stopped.clone(),
                     },
                     &limits,
                     stopped.wait(),

@@ -195,6 +195,9 @@ pub struct Served {
     pub admission: AdmissionConfig,
     /// Require a token for reflection (the admin listener).
     pub guard_reflection: bool,
+    /// Resolves when the service shuts down: open health watches then end, so they do not
+    /// hold the graceful shutdown (which waits for every stream) forever.
+    pub stopping: crate::app::Stopping,
 }
 
 /// Serves `routes` on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -233,6 +236,7 @@ pub async fn serve(
         .layer(WatchLimitLayer::new(
             c.max_health_watches,
             served.admission.retry_after,
+            served.stopping.clone(),
         ))
         // Innermost: one admission queue for the whole listener (not per connection),
         // answering UNAVAILABLE with a retry hint when it is full.
@@ -328,18 +332,20 @@ fn capped_incoming(
 const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
 
 /// Bounds the open health `Watch` streams of a listener: each holds a slot until its response
-/// body is dropped; one more is answered busy.
+/// body is dropped; one more is answered busy. At shutdown every watch ends (`UNAVAILABLE`).
 #[derive(Debug, Clone)]
 struct WatchLimitLayer {
     slots: Arc<Semaphore>,
     retry_after: Duration,
+    stopping: crate::app::Stopping,
 }
 
 impl WatchLimitLayer {
-    fn new(max: usize, retry_after: Duration) -> Self {
+    fn new(max: usize, retry_after: Duration, stopping: crate::app::Stopping) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max.max(1))),
             retry_after,
+            stopping,
         }
     }
 }
@@ -387,17 +393,27 @@ where
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let response = self.inner.call(request);
+        let stopping = Box::pin(self.limit.stopping.clone().wait());
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| tonic::body::Body::new(HoldingBody { body, _slot: slot })))
+            Ok(response.map(|body| {
+                tonic::body::Body::new(HoldingBody {
+                    body,
+                    _slot: slot,
+                    stopping: Some(stopping),
+                })
+            }))
         })
     }
 }
 
-/// A response body that keeps a slot until it is dropped.
+/// A watch's response body: keeps its slot until it is dropped, and ends with `UNAVAILABLE`
+/// when the service shuts down.
 struct HoldingBody {
     body: tonic::body::Body,
     _slot: OwnedSemaphorePermit,
+    /// Until the service stops; `None` once the closing trailers went out.
+    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl http_body::Body for HoldingBody {
@@ -408,11 +424,24 @@ impl http_body::Body for HoldingBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let Some(stopping) = self.stopping.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if stopping.as_mut().poll(cx).is_ready() {
+            self.stopping = None;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+            trailers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static("server%20shutting%20down"),
+            );
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.stopping.is_none() || self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -9,6 +9,7 @@ use order_saga_platform::{
     app::{ListenAddrs, Listeners},
     auth::AdminTokens,
     db::{Db, DbOptions},
+    server::ConnectionLimits,
     testing::{TestBackend, fresh_database_url},
     tls::{ClusterCa, MutualTls},
 };
@@ -75,6 +76,8 @@ pub struct ClusterOptions {
     pub participant_admission: AdmissionConfig,
     /// Sagas the order service drives at once.
     pub max_sagas: usize,
+    /// Connections, streams and health watches every listener holds open at most.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ClusterOptions {
@@ -87,6 +90,7 @@ impl Default for ClusterOptions {
             order_admission: AdmissionConfig::default(),
             participant_admission: AdmissionConfig::default(),
             max_sagas: order_service::orchestrator::SagaConfig::default().max_sagas,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl Cluster {
             s.db.max_connections = TEST_POOL_SIZE;
             s.limits.admission = options.participant_admission.clone();
             s.limits.admin_tokens = admin_tokens();
+            s.limits.connections = options.connections.clone();
             s
         };
         let store = store_service::build(bind(true).await, participant(&urls.store, &certs.store))
@@ -242,6 +247,7 @@ impl Cluster {
         settings.saga.max_sagas = options.max_sagas;
         settings.limits.admission = options.order_admission.clone();
         settings.limits.admin_tokens = admin_tokens();
+        settings.limits.connections = options.connections.clone();
         settings.recovery.interval = options.recovery_interval;
         settings.db.max_connections = TEST_POOL_SIZE;
         let order = order_service::OrderApp::build(bind(false).await, settings)

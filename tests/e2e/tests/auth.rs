@@ -229,3 +229,63 @@ async fn a_peer_guessing_tokens_is_throttled() {
     );
     cluster.stop().await;
 }
+
+/// A console action on a crafted id is refused before anything echoes the id: `%0A` decodes
+/// to a newline, which must never reach the redirect's `Location` header (on main the handler
+/// built that header from it, and the `Redirect` panicked on the invalid value). And a wrong
+/// token at the console's login counts against the address like any other.
+#[tokio::test]
+async fn console_actions_refuse_crafted_ids_and_the_login_is_throttled() {
+    use order_saga_e2e::http;
+    use order_saga_platform::auth::MAX_FAILURES;
+    let cluster = Cluster::start(TestBackend::Sqlite, ClusterOptions::default()).await;
+    let admin = cluster.order_addrs.admin;
+    // The helper sends `Host: <addr>`; the console's actions check the origin against it.
+    let origin = format!("http://{admin}");
+    let cookie = format!("saga_admin_token={OPERATOR_TOKEN}");
+    let headers = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+    for id in ["ord-1%0AX-Injected:%20yes", "%0D%0A", "ord%00x"] {
+        let path = format!("/console/orders/{id}/redrive");
+        let answer = http(admin, "POST", &path, &headers, Some("")).await;
+        assert_eq!(answer.status, 400, "{id}: {answer:?}");
+        assert!(answer.header("x-injected").is_none());
+    }
+    // The server is still there, and a well-formed id is acted on.
+    let answer = http(
+        admin,
+        "POST",
+        "/console/orders/ord-none/redrive",
+        &headers,
+        Some(""),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+
+    let form = [
+        ("origin", origin.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    for _ in 0..MAX_FAILURES {
+        let answer = http(
+            admin,
+            "POST",
+            "/console/login",
+            &form,
+            Some("token=not-the-right-token"),
+        )
+        .await;
+        assert_eq!(answer.status, 303, "{answer:?}");
+        assert!(
+            answer
+                .header("location")
+                .is_some_and(|l| l.contains("failed"))
+        );
+    }
+    let body = format!("token={OPERATOR_TOKEN}");
+    let answer = http(admin, "POST", "/console/login", &form, Some(&body)).await;
+    assert_eq!(
+        answer.status, 429,
+        "the address guessed too often: {answer:?}"
+    );
+    cluster.stop().await;
+}

@@ -359,3 +359,318 @@ async fn public_listener_serves_tls_when_given_a_certificate() {
     task.await.expect("task").expect("store stopped cleanly");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+mod reflection {
+    use tokio_stream_free::once;
+    use tonic::transport::Channel;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    /// A stream of one request, without another crate.
+    mod tokio_stream_free {
+        pub fn once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> + Send {
+            futures::stream::iter([item])
+        }
+    }
+
+    /// One reflection call: its answer, or the status that refused the stream.
+    pub async fn ask(
+        channel: Channel,
+        token: Option<&str>,
+        request: MessageRequest,
+    ) -> Result<MessageResponse, tonic::Status> {
+        let token = order_saga_saga::BearerToken::new(token).expect("token");
+        let mut client = ServerReflectionClient::with_interceptor(channel, token);
+        let mut answers = client
+            .server_reflection_info(once(ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            }))
+            .await?
+            .into_inner();
+        let answer = answers.message().await?.expect("an answer");
+        Ok(answer.message_response.expect("a response"))
+    }
+
+    /// The services a listener lists.
+    pub async fn services(
+        channel: Channel,
+        token: Option<&str>,
+    ) -> Result<Vec<String>, tonic::Status> {
+        match ask(channel, token, MessageRequest::ListServices(String::new())).await? {
+            MessageResponse::ListServicesResponse(list) => {
+                Ok(list.service.into_iter().map(|s| s.name).collect())
+            }
+            other => panic!("not a list: {other:?}"),
+        }
+    }
+
+    /// Whether the listener describes `symbol` (answers its file).
+    pub async fn describes(channel: Channel, token: Option<&str>, symbol: &str) -> bool {
+        matches!(
+            ask(
+                channel,
+                token,
+                MessageRequest::FileContainingSymbol(symbol.to_owned())
+            )
+            .await,
+            Ok(MessageResponse::FileDescriptorResponse(_))
+        )
+    }
+}
+
+/// Each listener's reflection lists and describes only the services it serves: an anonymous
+/// caller of the public listener learns nothing of the admin or internal APIs, and the admin
+/// listener's reflection needs a token. (On main every listener described every API, the
+/// admin and internal ones included, to anyone.)
+#[tokio::test]
+async fn reflection_describes_only_each_listeners_own_services() {
+    let cluster = Cluster::start(TestBackend::Sqlite, ClusterOptions::default()).await;
+    let order = cluster.order_addrs;
+    let store = cluster.store_addrs;
+
+    let public = reflection::services(channel(order.public).await, None)
+        .await
+        .expect("public reflection");
+    assert!(
+        public.contains(&"order.v1.OrderService".to_owned()),
+        "{public:?}"
+    );
+    assert!(
+        !public
+            .iter()
+            .any(|s| s.contains("Admin") || s.contains("Reservation")),
+        "{public:?}"
+    );
+    for hidden in [
+        "order.v1.OrderAdminService",
+        "order.v1.ListOrdersRequest",
+        "reservation.v1.ReservationService",
+        "store.v1.StoreAdminService",
+    ] {
+        assert!(
+            !reflection::describes(channel(order.public).await, None, hidden).await,
+            "the public listener describes {hidden}"
+        );
+    }
+    assert!(reflection::describes(channel(order.public).await, None, "order.v1.Order").await);
+
+    let store_public = reflection::services(channel(store.public).await, None)
+        .await
+        .expect("store public reflection");
+    assert!(store_public.contains(&"store.v1.StoreService".to_owned()));
+    assert!(
+        !reflection::describes(
+            channel(store.public).await,
+            None,
+            "reservation.v1.ReservationService"
+        )
+        .await
+    );
+    assert!(
+        !reflection::describes(
+            channel(store.public).await,
+            None,
+            "store.v1.StoreAdminService"
+        )
+        .await
+    );
+
+    // The admin listener: a token first, then its own services only.
+    let refused = reflection::services(channel(order.admin).await, None)
+        .await
+        .expect_err("anonymous reflection on the admin listener");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let admin = reflection::services(channel(order.admin).await, Some(OPERATOR_TOKEN))
+        .await
+        .expect("admin reflection");
+    assert!(
+        admin.contains(&"order.v1.OrderAdminService".to_owned()),
+        "{admin:?}"
+    );
+    assert!(
+        !admin.contains(&"order.v1.OrderService".to_owned()),
+        "{admin:?}"
+    );
+
+    // The internal listener (the orchestrator's certificate) describes the reservation API.
+    let internal = internal_channel(
+        store.internal.expect("internal"),
+        &cluster.certs.order,
+        "store",
+    )
+    .await
+    .expect("connect");
+    let listed = reflection::services(internal, None)
+        .await
+        .expect("internal reflection");
+    assert!(
+        listed.contains(&"reservation.v1.ReservationService".to_owned()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"store.v1.StoreAdminService".to_owned()),
+        "{listed:?}"
+    );
+    cluster.stop().await;
+}
+
+/// Health `Watch` streams never end on their own and skip admission: each listener holds a
+/// bounded number open, answers one more busy, and frees a place when one closes. (On main
+/// there was no bound on watches, connections or streams.)
+#[tokio::test]
+async fn health_watches_are_bounded_per_listener() {
+    use order_saga_platform::server::ConnectionLimits;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let options = ClusterOptions {
+        connections: ConnectionLimits {
+            max_health_watches: 3,
+            ..ConnectionLimits::default()
+        },
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(TestBackend::Sqlite, options).await;
+    let mut health = HealthClient::new(channel(cluster.order_addrs.public).await);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            health
+                .watch(HealthCheckRequest::default())
+                .await
+                .expect("a watch within the bound")
+                .into_inner(),
+        );
+    }
+    let refused = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect_err("one watch too many");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(order_saga_saga::retry_hint(&refused).is_some());
+    // Checks are not watches: still answered.
+    health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("check");
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match health.watch(HealthCheckRequest::default()).await {
+            Ok(_) => break,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a closed watch frees its place"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // Watches still open do not hold the graceful shutdown: they end, UNAVAILABLE.
+    tokio::time::timeout(Duration::from_secs(20), cluster.stop())
+        .await
+        .expect("the cluster stops with watches open");
+    let mut watch = open.pop().expect("an open watch");
+    loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without a status"),
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                break;
+            }
+        }
+    }
+}
+
+/// The order service refuses to start with settings that cannot work with its participants,
+/// and says why: a reservation TTL outside their bounds (every reserve would be refused), a
+/// call timeout no longer than their queue wait (their busy answers could never arrive), a
+/// participant URL that reaches something that is not a participant. (Main started with each
+/// of them; the first made every order NOT_PLACED.)
+#[tokio::test]
+async fn settings_that_cannot_work_with_the_participants_are_refused_at_start_up() {
+    let cluster = Cluster::start(TestBackend::Sqlite, ClusterOptions::default()).await;
+    let internal = |addrs: &ListenAddrs| format!("https://{}", addrs.internal.expect("internal"));
+    let (delivery, identity) = (
+        internal(&cluster.delivery_addrs),
+        cluster.certs.order.clone(),
+    );
+    let settings = |store: String| {
+        let (delivery, identity) = (delivery.clone(), identity.clone());
+        async move {
+            order_service::OrderSettings::new(
+                fresh_database_url(TestBackend::Sqlite, "order_b").await,
+                store,
+                delivery,
+                identity,
+            )
+        }
+    };
+    let build = |s: order_service::OrderSettings| async move {
+        let listeners = Listeners::bind(ListenAddrs::ephemeral(false))
+            .await
+            .expect("bind");
+        order_service::OrderApp::build(listeners, s)
+            .await
+            .err()
+            .map(|e| e.to_string())
+    };
+
+    let mut s = settings(internal(&cluster.store_addrs)).await;
+    s.saga.reservation_ttl = Duration::from_secs(7200);
+    let err = build(s).await.expect("a TTL of two hours is refused");
+    assert!(err.contains("outside") && err.contains("bounds"), "{err}");
+
+    let mut s = settings(internal(&cluster.store_addrs)).await;
+    s.call_timeout = Duration::from_millis(900);
+    let err = build(s)
+        .await
+        .expect("a call timeout within the queue wait is refused");
+    assert!(err.contains("queue wait"), "{err}");
+
+    let mut s = settings(internal(&cluster.store_addrs)).await;
+    s.saga.lease = Duration::from_secs(29);
+    let err = build(s)
+        .await
+        .expect("a lease as long as the TTL is refused");
+    assert!(err.contains("ORDER_LEASE"), "{err}");
+
+    // Something that speaks TLS with the store's name but is not a participant.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_, health) = tonic_health::server::health_reporter();
+    let tls = cluster.certs.store.server();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("tls")
+            .add_service(health)
+            .serve_with_incoming(tokio_stream_listener(listener)),
+    );
+    let err = build(settings(format!("https://{addr}")).await)
+        .await
+        .expect("a URL that is not a participant's internal listener is refused");
+    assert!(err.contains("does not serve reservation.v1"), "{err}");
+
+    // The defaults fit.
+    assert_eq!(
+        build(settings(internal(&cluster.store_addrs)).await).await,
+        None
+    );
+    cluster.stop().await;
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    })
+}

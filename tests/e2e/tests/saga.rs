@@ -883,3 +883,89 @@ both_backends!(
         cluster.stop().await;
     }
 );
+
+both_backends!(history_answers_the_newest_events, |backend| async move {
+    // A saga retried through a long outage writes many events; the operator needs how it
+    // ended. (Main answered the oldest ones: with a limit of two, `created` and the first
+    // step.)
+    use order_service::repo::OrderRepo;
+    let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+    cluster.add_food("pizza", 1).await;
+    cluster.add_agents("north", 1).await;
+    let order = cluster.place("k1", "pizza", "north").await.expect("place");
+    let repo = OrderRepo::new(cluster.order_db().await);
+    let all = repo.history(&order.order_id, 100).await.expect("history");
+    assert!(all.len() >= 3, "{all:#?}");
+    let newest = repo.history(&order.order_id, 2).await.expect("history");
+    assert_eq!(
+        newest,
+        all[all.len() - 2..].to_vec(),
+        "the newest two, oldest first"
+    );
+    assert_eq!(newest[1].phase_to, "placed");
+    cluster.stop().await;
+});
+
+both_backends!(
+    a_cancelled_order_write_never_leaves_its_transaction_on_the_connection,
+    |backend| async move {
+        // One pooled connection, and order writes cancelled at points spread over their
+        // transactions (a client whose deadline passes drops the request's future at any
+        // await). Had a cancelled write left the connection inside its transaction, the next
+        // write on it would run as a savepoint of that transaction: acknowledged, invisible to
+        // every other connection, and lost with the connection. (The order repository ran its
+        // transactions in the request's future on main; now they run detached.)
+        use order_saga_platform::db::{Db, DbOptions};
+        use order_service::repo::{Created, NewOrder, OrderRepo};
+        let url = order_saga_platform::testing::fresh_database_url(backend, "order").await;
+        let one = DbOptions {
+            max_connections: 1,
+            ..DbOptions::default()
+        };
+        let repo = OrderRepo::new(
+            Db::connect(&url, &one, &order_service::MIGRATOR)
+                .await
+                .expect("connect"),
+        );
+        let observer = Db::connect(&url, &one, &order_service::MIGRATOR)
+            .await
+            .expect("observer");
+        let new = |key: String| NewOrder {
+            idempotency_key: key,
+            customer_id: "c".into(),
+            food_id: "pizza".into(),
+            zone: "north".into(),
+        };
+        let lease = Duration::from_secs(30);
+        let mut cancelled = 0;
+        for i in 0..400u64 {
+            let cut = Duration::from_micros((i * 7919) % 400);
+            let (victim_id, victim) = (format!("ord-v{i}"), new(format!("v{i}")));
+            let write = repo.create(&victim_id, &victim, "me", lease);
+            if tokio::time::timeout(cut, write).await.is_err() {
+                cancelled += 1;
+            }
+            let id = format!("ord-k{i}");
+            match repo
+                .create(&id, &new(format!("k{i}")), "me", lease)
+                .await
+                .expect("create")
+            {
+                Created::New(_) => {}
+                Created::Existing(o) => panic!("key k{i} existed: {o:?}"),
+            }
+            let seen: Option<String> =
+                sqlx::query_scalar("SELECT order_id FROM orders WHERE order_id = $1")
+                    .bind(&id)
+                    .fetch_optional(observer.pool())
+                    .await
+                    .expect("observe");
+            assert_eq!(
+                seen.as_deref(),
+                Some(id.as_str()),
+                "iteration {i}: an acknowledged order is invisible to other connections"
+            );
+        }
+        assert!(cancelled > 0, "the test cancelled writes mid-flight");
+    }
+);
