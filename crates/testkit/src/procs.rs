@@ -420,8 +420,9 @@ impl ProcCluster {
             );
             env.insert(format!("{prefix}_DB_ACQUIRE_TIMEOUT"), "2s".to_owned());
             // Shorter than any call timeout a scenario uses, so busy answers reach the caller
-            // (the order service checks this at start-up).
-            env.insert(format!("{prefix}_QUEUE_WAIT"), "300ms".to_owned());
+            // (the order service checks this at start-up); a scenario's own `env` wins.
+            env.entry(format!("{prefix}_QUEUE_WAIT"))
+                .or_insert_with(|| "300ms".to_owned());
             anyhow::Ok((
                 Process::new(
                     name,

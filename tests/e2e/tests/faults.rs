@@ -443,6 +443,9 @@ async fn s4_delivery_down_longer_than_ttl_is_not_placed() {
     let mut c = cluster(
         ProcConfig {
             reservation_ttl: Duration::from_secs(3),
+            // Lease + recovery interval + call timeout must stay below the TTL (checked at
+            // start-up), so a crashed saga is taken over while its reservations hold.
+            lease: Duration::from_secs(1),
             ..ProcConfig::default()
         },
         2,
