@@ -10,6 +10,8 @@
 #   postgres-image  PostgreSQL stand-in built on it (cached layers)
 #   service-image   the host-built binaries packed with deploy/Dockerfile.prebuilt
 #   up              compose up with a unique project name, wait until all four are healthy
+#   hardening       least privilege: published ports, read-only non-root containers, each service
+#                   holding only its own key, admin listeners on TLS only, no failpoints
 #   walkthrough     the README's grpcurl session (tests/walkthrough.sh) through the published ports
 #   concurrency     100 orders at once against 40 packets: exactly 40 PLACED, then sagactl verify
 #   kill-restart    a large load, `docker kill` of the order container mid-load, `docker start`,
@@ -45,12 +47,17 @@ export ORDER_RESERVATION_TTL=${SMOKE_RESERVATION_TTL:-30s}
 ORDER_URL=http://127.0.0.1:$ORDER_PORT
 STORE_URL=http://127.0.0.1:$STORE_PORT
 DELIVERY_URL=http://127.0.0.1:$DELIVERY_PORT
-ADMIN_URLS=(--order-admin "http://127.0.0.1:$ORDER_ADMIN_PORT" --store-admin "http://127.0.0.1:$STORE_ADMIN_PORT"
-    --delivery-admin "http://127.0.0.1:$DELIVERY_ADMIN_PORT")
-# This run's admin token: the cluster takes it from compose, sagactl and the walkthrough from
-# the environment.
-ADMIN_TOKEN=$(random_secret)
-export ADMIN_TOKEN SAGACTL_ADMIN_TOKEN=$ADMIN_TOKEN
+# The admin listeners serve TLS with the cluster's certificates: sagactl and the walkthrough
+# verify them against the cluster CA, copied out of the order container once it is up.
+CLUSTER_CA=$REPO_ROOT/target/compose-smoke/ca.pem
+ADMIN_URLS=(--order-admin "https://127.0.0.1:$ORDER_ADMIN_PORT" --store-admin "https://127.0.0.1:$STORE_ADMIN_PORT"
+    --delivery-admin "https://127.0.0.1:$DELIVERY_ADMIN_PORT" --tls-ca "$CLUSTER_CA")
+# This run's admin tokens, one per service: the cluster takes them from compose, sagactl and the
+# walkthrough from the environment.
+ORDER_ADMIN_TOKEN=$(random_secret) STORE_ADMIN_TOKEN=$(random_secret) DELIVERY_ADMIN_TOKEN=$(random_secret)
+export ORDER_ADMIN_TOKEN STORE_ADMIN_TOKEN DELIVERY_ADMIN_TOKEN
+export SAGACTL_ORDER_ADMIN_TOKEN=$ORDER_ADMIN_TOKEN SAGACTL_STORE_ADMIN_TOKEN=$STORE_ADMIN_TOKEN \
+    SAGACTL_DELIVERY_ADMIN_TOKEN=$DELIVERY_ADMIN_TOKEN
 LOG_DIR=$REPO_ROOT/target/compose-smoke
 mkdir -p "$LOG_DIR"
 
@@ -182,10 +189,12 @@ st_up() {
     compose "$PROJECT" up -d --no-build >"$LOG_DIR/up.log" 2>&1 || { cat "$LOG_DIR/up.log" >&2; die "compose up failed"; }
     wait_healthy "$PROJECT" 240 postgres store delivery order
     compose "$PROJECT" ps
+    docker exec "$(service_cid "$PROJECT" order)" cat /app/data/certs/ca.pem >"$CLUSTER_CA" \
+        || die "cannot read the cluster CA from the order container"
 }
 
 st_walkthrough() {
-    bash "$REPO_ROOT/tests/walkthrough.sh" "127.0.0.1:$ORDER_PORT" "127.0.0.1:$STORE_PORT" \
+    WALKTHROUGH_ADMIN_CACERT=$CLUSTER_CA bash "$REPO_ROOT/tests/walkthrough.sh" "127.0.0.1:$ORDER_PORT" "127.0.0.1:$STORE_PORT" \
         "127.0.0.1:$DELIVERY_PORT" "127.0.0.1:$ORDER_ADMIN_PORT" "127.0.0.1:$STORE_ADMIN_PORT" \
         "127.0.0.1:$DELIVERY_ADMIN_PORT"
 }
@@ -235,6 +244,22 @@ PY
         [ "$got" = "true 10001:10001 [ALL] [no-new-privileges:true]" ] \
             || die "$svc is not read-only, non-root, capability-free and no-new-privileges: $got"
         if docker port "$cid" | grep -Eq '5015[23]'; then die "$svc publishes its internal listener"; fi
+        # Per-service identity: the CA and this service's own key pair, no other service's key.
+        local keys
+        keys=$(docker exec "$cid" sh -c 'cd /app/data/certs && ls | sort | tr "\n" " "')
+        [ "$keys" = "ca.pem $svc.key $svc.pem " ] \
+            || die "$svc's identity volume holds more than the CA and its own key pair: $keys"
+        keys=$(docker exec "$cid" find /app /tmp -name '*.key' | sort | tr '\n' ' ')
+        [ "$keys" = "/app/data/certs/$svc.key " ] || die "$svc can read private keys other than its own: $keys"
+    done
+    # Admin listeners speak TLS only: a plaintext client gets no answer, a verified one does.
+    local port
+    for port in "$ORDER_ADMIN_PORT" "$STORE_ADMIN_PORT" "$DELIVERY_ADMIN_PORT"; do
+        if "$BIN_DIR/sagactl" health --timeout 3s "http://127.0.0.1:$port" >/dev/null 2>&1; then
+            die "the admin listener on $port answers plaintext"
+        fi
+        "$BIN_DIR/sagactl" --tls-ca "$CLUSTER_CA" health --timeout 10s "https://127.0.0.1:$port" \
+            || die "the admin listener on $port does not serve TLS with the cluster's certificate"
     done
     # A build without failpoints refuses to start when FAILPOINTS is set, and says why.
     local refusal

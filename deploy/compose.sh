@@ -71,7 +71,7 @@ case $cmd in
             log "  delivery   ${ORDER_SAGA_BIND:-127.0.0.1}:${DELIVERY_PORT:-50053} (admin :${DELIVERY_ADMIN_PORT:-50253})"
             log "  order admin ${ORDER_SAGA_BIND:-127.0.0.1}:${ORDER_ADMIN_PORT:-50251}"
         else
-            log "  operators: deploy/compose.sh exec order sagactl --admin-token \$ADMIN_TOKEN stuck"
+            log "  operators: deploy/compose.sh exec order sagactl --order-admin https://127.0.0.1:50251 --order-admin-token \$ORDER_ADMIN_TOKEN stuck"
             log "  (or COMPOSE_OPERATOR=1 make compose-up to publish the admin listeners)"
         fi
         log "stop with: deploy/compose.sh down   (add -v to delete the database volume)"

@@ -86,11 +86,12 @@ detect_compose() {
 # random_secret: 48 hex characters from /dev/urandom.
 random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
 
-# The compose cluster's secrets: the admin token and the database passwords. Each comes from
+# The compose cluster's secrets: each service's operator token (a token that leaks from one
+# service opens no other), the viewer token and the database passwords. Each comes from
 # the environment when set, else from deploy/.secrets (git-ignored, mode 600), where missing
 # ones are made on first use. docker-compose.yml has no default for any of them: compose
 # refuses to start without them.
-SECRETS=(ADMIN_TOKEN VIEWER_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
+SECRETS=(ORDER_ADMIN_TOKEN STORE_ADMIN_TOKEN DELIVERY_ADMIN_TOKEN VIEWER_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD STORE_DB_PASSWORD DELIVERY_DB_PASSWORD ORDERS_DB_PASSWORD)
 ensure_secrets() {
     local file=$REPO_ROOT/deploy/.secrets name
     [ -f "$file" ] || (umask 077; : >"$file")

@@ -12,7 +12,9 @@
 #     localhost:50251 / :50252 / :50253 the admin addresses;
 #   - the placeholder <ORDER_ID> becomes the orderId of the last PlaceOrder answer.
 # `$ADMIN_TOKEN` in a command expands to the admin token of the cluster (the environment's,
-# which tests/run-walkthrough.sh reads from the cluster's data directory).
+# which tests/run-walkthrough.sh reads from the cluster's data directory); where the environment
+# has a token per service (ORDER_/STORE_/DELIVERY_ADMIN_TOKEN, as compose does), a call to that
+# service's admin listener gets its own.
 # When grpcurl is not on PATH, a `grpcurl` shell function translates the commands into `buf curl`
 # (buf from npm's @bufbuild/buf, installed into .tools/buf when missing).
 #
@@ -21,6 +23,8 @@
 # and an agent, and GetOrder returns the same order. Exits non-zero on any failure.
 #
 # Environment: WALKTHROUGH_README (default README.md of the repository), BUF_VERSION,
+# WALKTHROUGH_ADMIN_CACERT (the admin listeners serve TLS from this CA: `-plaintext` becomes
+# `-cacert FILE` on calls to them, as compose needs),
 # WALKTHROUGH_TIMEOUT (seconds per call, default 60), WALKTHROUGH_DRY_RUN=1 (print the extracted
 # commands and exit).
 set -Eeuo pipefail
@@ -119,7 +123,7 @@ WT_METHOD="" WT_DATA=""
 # grpcurl as the README calls it: grpcurl -plaintext [-H HEADER] [-d JSON] HOST SERVICE/METHOD,
 # grpcurl -plaintext HOST list [SERVICE]. Records the call, then runs grpcurl or buf curl.
 grpcurl() {
-    local data="" has_data=0 plaintext=0 pos=() headers=()
+    local data="" has_data=0 plaintext=0 pos=() headers=() cacert=""
     local orig=("$@")
     while [ $# -gt 0 ]; do
         case $1 in
@@ -127,6 +131,7 @@ grpcurl() {
             -d | --d) data=$2; has_data=1; shift ;;
             -d=* | --d=*) data=${1#*=}; has_data=1 ;;
             -H | --H | -rpc-header | --rpc-header) headers+=(-H "$2"); shift ;;
+            -cacert | --cacert) cacert=$2; shift ;;
             -*) echo "walkthrough: grpcurl flag $1 is not supported by the buf curl stand-in" >&2
                 [ "$GRPCURL_MODE" = grpcurl ] || return 2 ;;
             *) pos+=("$1") ;;
@@ -147,6 +152,7 @@ grpcurl() {
     local base=("$BUF" curl --timeout "${TIMEOUT}s" --protocol grpc)
     [ $plaintext = 1 ] && base+=(--http2-prior-knowledge)
     [ ${#headers[@]} -gt 0 ] && base+=("${headers[@]}")
+    [ -n "$cacert" ] && base+=(--cacert "$cacert")
     case ${pos[1]} in
         list)
             if [ ${#pos[@]} -ge 3 ]; then
@@ -268,9 +274,23 @@ while IFS= read -r line; do
         [ -n "$ORDER_ID" ] || fail "command $n uses <ORDER_ID> before any PlaceOrder answered"
         cmd=${cmd//<ORDER_ID>/$ORDER_ID}
     fi
+    # Where each service has a token of its own (compose), a call to its admin listener uses it;
+    # where the admin listeners serve TLS (compose), the call verifies them against the CA.
+    token=${ADMIN_TOKEN:-}
+    case $line in
+        *:5025[123]*)
+            case $line in
+                *:50251*) token=${ORDER_ADMIN_TOKEN:-$token} ;;
+                *:50252*) token=${STORE_ADMIN_TOKEN:-$token} ;;
+                *:50253*) token=${DELIVERY_ADMIN_TOKEN:-$token} ;;
+            esac
+            if [ -n "${WALKTHROUGH_ADMIN_CACERT:-}" ]; then
+                cmd=${cmd/ -plaintext / -cacert $WALKTHROUGH_ADMIN_CACERT }
+            fi ;;
+    esac
     echo "\$ $cmd"
     rc=0
-    eval "$cmd" >"$WORK/answer" 2>"$WORK/stderr" </dev/null || rc=$?
+    ADMIN_TOKEN=$token eval "$cmd" >"$WORK/answer" 2>"$WORK/stderr" </dev/null || rc=$?
     cat "$WORK/answer"
     if [ $rc -ne 0 ]; then
         cat "$WORK/stderr" >&2

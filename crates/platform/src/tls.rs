@@ -133,6 +133,21 @@ impl ServerTls {
         Ok(Self(files.identity()?))
     }
 
+    /// Reads the pair when both paths are given (a setting's `--x-cert` and `--x-key`, which
+    /// clap requires together); `None` means plaintext.
+    pub fn load_pair(
+        cert: Option<&std::path::PathBuf>,
+        key: Option<&std::path::PathBuf>,
+    ) -> anyhow::Result<Option<Self>> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self::load(&KeyPairFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The server configuration.
     pub fn config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()

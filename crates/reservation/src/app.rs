@@ -49,6 +49,14 @@ pub struct ParticipantArgs {
     /// The key of `tls_cert`.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A certificate for the admin listener alone (wins over `tls_cert` there), so operator
+    /// tokens never cross the network in the clear even where the public listener stays
+    /// plaintext behind a proxy.
+    #[arg(long, requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The key of `admin_tls_cert`.
+    #[arg(long, requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// `sqlite:path` (embedded default) or `postgres://user@host:port/db` (created if missing).
     #[arg(long)]
     pub database_url: String,
@@ -98,8 +106,10 @@ pub struct ParticipantArgs {
     pub public_max_queued: usize,
     /// Public catalogue requests admitted per second at most (the rest wait their turn, then
     /// are answered busy): callers that never wait for an answer cannot take the CPU the
-    /// orchestrator's calls need.
-    #[arg(long, default_value_t = 200)]
+    /// orchestrator's calls need. Sized for two cores running the dev build `make run` uses
+    /// (each read costs about a millisecond of CPU there, client included); raise it with the
+    /// hardware.
+    #[arg(long, default_value_t = 100)]
     pub public_max_per_second: u32,
     /// Connections each listener holds open at once; more wait in the accept queue.
     #[arg(long, default_value_t = 1024)]
@@ -184,13 +194,10 @@ impl ParticipantArgs {
     /// Settings for [`Participant::build`]; fails on a token too weak to accept or a
     /// certificate that cannot be read.
     pub fn settings(&self) -> anyhow::Result<ParticipantSettings> {
-        let server_tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(ServerTls::load(&KeyPairFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            })?),
-            _ => None,
-        };
+        let server_tls = ServerTls::load_pair(self.tls_cert.as_ref(), self.tls_key.as_ref())?;
+        let admin_tls =
+            ServerTls::load_pair(self.admin_tls_cert.as_ref(), self.admin_tls_key.as_ref())?
+                .or_else(|| server_tls.clone());
         let tls = ListenerTls {
             internal: Some(MutualTls::load(
                 &self.internal_ca,
@@ -199,8 +206,8 @@ impl ParticipantArgs {
                     key: self.internal_key.clone(),
                 },
             )?),
-            public: server_tls.clone(),
-            admin: server_tls,
+            public: server_tls,
+            admin: admin_tls,
         };
         let admission = AdmissionConfig {
             max_in_flight: self.max_in_flight,
@@ -299,7 +306,7 @@ impl ParticipantSettings {
                     max_in_flight: 16,
                     max_queued: 1024,
                     queue_wait: Duration::from_secs(1),
-                    max_per_second: Some(200),
+                    max_per_second: Some(100),
                     ..AdmissionConfig::default()
                 }),
                 ..ServerLimits::default()
@@ -404,5 +411,84 @@ impl Participant {
         self.engine.db().close().await;
         self.public_engine.read_db().close().await;
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use order_saga_platform::tls::ClusterCa;
+
+    use super::*;
+
+    /// The arguments a participant needs, with its certificates in `dir`, plus `extra`.
+    fn args(dir: &std::path::Path, extra: &[&str]) -> ParticipantArgs {
+        let path = |f: &str| dir.join(f).display().to_string();
+        let mut argv: Vec<String> = [
+            "store",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--internal-listen-addr",
+            "127.0.0.1:0",
+            "--admin-listen-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite::memory:",
+            "--assigned-retention",
+            "0s",
+        ]
+        .map(str::to_owned)
+        .into();
+        for (flag, file) in [
+            ("--internal-ca", "ca.pem"),
+            ("--internal-cert", "store.pem"),
+            ("--internal-key", "store.key"),
+        ] {
+            argv.extend([flag.to_owned(), path(file)]);
+        }
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        ParticipantArgs::try_parse_from(argv).expect("arguments")
+    }
+
+    /// Compose serves TLS on the admin listener alone: operator tokens are encrypted while the
+    /// public reads may stay plaintext behind a proxy. `--tls-cert` still covers both.
+    #[test]
+    fn an_admin_certificate_serves_tls_on_the_admin_listener_alone() {
+        let dir = std::env::temp_dir().join(format!(
+            "participant-args-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        ClusterCa::generate("args test CA")
+            .expect("ca")
+            .write(&dir, &["store"])
+            .expect("write");
+        let (cert, key) = (
+            dir.join("store.pem").display().to_string(),
+            dir.join("store.key").display().to_string(),
+        );
+
+        let plain = args(&dir, &[]).settings().expect("settings");
+        assert!(plain.tls.public.is_none() && plain.tls.admin.is_none());
+
+        let admin_only = args(&dir, &["--admin-tls-cert", &cert, "--admin-tls-key", &key])
+            .settings()
+            .expect("settings");
+        assert!(
+            admin_only.tls.public.is_none(),
+            "the public listener stays plaintext"
+        );
+        assert!(
+            admin_only.tls.admin.is_some(),
+            "the admin listener serves TLS"
+        );
+
+        let both = args(&dir, &["--tls-cert", &cert, "--tls-key", &key])
+            .settings()
+            .expect("settings");
+        assert!(both.tls.public.is_some() && both.tls.admin.is_some());
+
+        let half = ParticipantArgs::try_parse_from(["store", "--admin-tls-cert", cert.as_str()]);
+        assert!(half.is_err(), "a certificate without its key is refused");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -15,11 +15,11 @@ use order_saga_proto::{
 
 use tonic::transport::Channel;
 
-use crate::client::{Urls, status_error, table};
+use crate::client::{AdminApi, Urls, status_error, table};
 
 /// Adds a food to the catalogue.
 pub async fn create_food(urls: &Urls, food_id: String, name: String) -> anyhow::Result<()> {
-    let mut client = StoreAdminServiceClient::new(urls.admin(&urls.store_admin).await?);
+    let mut client = StoreAdminServiceClient::new(urls.admin(AdminApi::Store).await?);
     let food = client
         .create_food(CreateFoodRequest { food_id, name })
         .await
@@ -31,7 +31,7 @@ pub async fn create_food(urls: &Urls, food_id: String, name: String) -> anyhow::
 
 /// Adds packets to a food.
 pub async fn restock(urls: &Urls, food_id: String, count: i64) -> anyhow::Result<()> {
-    let mut client = StoreAdminServiceClient::new(urls.admin(&urls.store_admin).await?);
+    let mut client = StoreAdminServiceClient::new(urls.admin(AdminApi::Store).await?);
     let f = client
         .restock(RestockRequest { food_id, count })
         .await
@@ -46,7 +46,7 @@ pub async fn restock(urls: &Urls, food_id: String, count: i64) -> anyhow::Result
 
 /// Adds agents to a zone (created if new).
 pub async fn add_agents(urls: &Urls, zone: String, count: i64) -> anyhow::Result<()> {
-    let mut client = DeliveryAdminServiceClient::new(urls.admin(&urls.delivery_admin).await?);
+    let mut client = DeliveryAdminServiceClient::new(urls.admin(AdminApi::Delivery).await?);
     let z = client
         .add_agents(AddAgentsRequest { zone, count })
         .await
@@ -158,7 +158,7 @@ pub async fn seed(urls: &Urls) -> anyhow::Result<()> {
         println!("store already has foods; not seeding");
         return Ok(());
     }
-    let mut admin = StoreAdminServiceClient::new(urls.admin(&urls.store_admin).await?);
+    let mut admin = StoreAdminServiceClient::new(urls.admin(AdminApi::Store).await?);
     for (id, name, count) in DEMO_FOODS {
         admin
             .create_food(CreateFoodRequest {
@@ -175,7 +175,7 @@ pub async fn seed(urls: &Urls) -> anyhow::Result<()> {
             .await
             .map_err(status_error)?;
     }
-    let mut delivery = DeliveryAdminServiceClient::new(urls.admin(&urls.delivery_admin).await?);
+    let mut delivery = DeliveryAdminServiceClient::new(urls.admin(AdminApi::Delivery).await?);
     for (zone, count) in DEMO_ZONES {
         delivery
             .add_agents(AddAgentsRequest {

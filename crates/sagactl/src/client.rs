@@ -76,8 +76,8 @@ pub struct Urls {
         default_value = "data/certs/ca.pem"
     )]
     pub tls_ca: PathBuf,
-    /// Bearer token for the admin commands (default: the contents of `data/admin.token`,
-    /// which `make run` writes).
+    /// Bearer token for the admin commands of every service (default: the contents of
+    /// `data/admin.token`, which `make run` writes). A per-service token below wins.
     #[arg(
         long,
         global = true,
@@ -85,16 +85,53 @@ pub struct Urls {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// The order service's admin token, where each service has its own (compose).
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_ORDER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub order_admin_token: Option<String>,
+    /// The store's admin token, where each service has its own (compose).
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_STORE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub store_admin_token: Option<String>,
+    /// Delivery's admin token, where each service has its own (compose).
+    #[arg(
+        long,
+        global = true,
+        env = "SAGACTL_DELIVERY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub delivery_admin_token: Option<String>,
+}
+
+/// Which service's admin API a command calls: each may have a token of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminApi {
+    Order,
+    Store,
+    Delivery,
 }
 
 /// Where `make run` leaves the admin token of the local cluster.
 const LOCAL_TOKEN_FILE: &str = "data/admin.token";
 
 impl Urls {
-    /// The credential admin commands send: `--admin-token`, else `data/admin.token` if it
-    /// exists, else none (the servers will answer `UNAUTHENTICATED`).
-    pub fn admin_credential(&self) -> anyhow::Result<BearerToken> {
-        let token = match &self.admin_token {
+    /// The credential sent to `api`: its own `--<service>-admin-token`, else `--admin-token`,
+    /// else `data/admin.token` if it exists, else none (the server answers `UNAUTHENTICATED`).
+    pub fn admin_credential(&self, api: AdminApi) -> anyhow::Result<BearerToken> {
+        let own = match api {
+            AdminApi::Order => &self.order_admin_token,
+            AdminApi::Store => &self.store_admin_token,
+            AdminApi::Delivery => &self.delivery_admin_token,
+        };
+        let token = match own.as_ref().or(self.admin_token.as_ref()) {
             Some(t) => Some(t.trim().to_owned()),
             None => std::fs::read_to_string(LOCAL_TOKEN_FILE)
                 .ok()
@@ -120,11 +157,16 @@ impl Urls {
             .with_context(|| format!("cannot connect to {url}"))
     }
 
-    /// A channel to an admin listener that sends the admin credential.
-    pub async fn admin(&self, url: &str) -> anyhow::Result<AdminChannel> {
+    /// A channel to `api`'s admin listener that sends its admin credential.
+    pub async fn admin(&self, api: AdminApi) -> anyhow::Result<AdminChannel> {
+        let url = match api {
+            AdminApi::Order => &self.order_admin,
+            AdminApi::Store => &self.store_admin,
+            AdminApi::Delivery => &self.delivery_admin,
+        };
         Ok(InterceptedService::new(
             self.connect(url).await?,
-            self.admin_credential()?,
+            self.admin_credential(api)?,
         ))
     }
 }

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 use order_saga_saga::ClientRetry;
 
-use crate::client::{AdminChannel, Urls, print_orders, retry_after_error, status_error, table};
+use crate::client::{
+    AdminApi, AdminChannel, Urls, print_orders, retry_after_error, status_error, table,
+};
 
 /// Places one order and waits for its outcome, retrying busy and not-final answers with the
 /// same key for up to `retry_for`.
@@ -82,7 +84,7 @@ pub async fn get(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Lists orders, newest first.
 pub async fn list(urls: &Urls, state: Option<OrderState>, limit: usize) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let orders = list_orders(&mut client, state, limit).await?;
     print_orders(&orders);
     Ok(())
@@ -117,7 +119,7 @@ pub async fn list_orders(
 
 /// Unfinished sagas with their step, attempts, last error, lease and epoch.
 pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let sagas = client
         .list_stuck_orders(ListStuckOrdersRequest { limit })
         .await
@@ -153,7 +155,7 @@ pub async fn stuck(urls: &Urls, limit: i32) -> anyhow::Result<()> {
 /// Prints one order's saga history: every write, oldest first, with the time since the
 /// previous one, its calls and their codes.
 pub async fn history(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let events = client
         .get_order_history(GetOrderHistoryRequest {
             order_id: order_id.clone(),
@@ -217,7 +219,7 @@ pub async fn history(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Drives one unfinished saga now.
 pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let order = client
         .redrive_order(RedriveOrderRequest { order_id })
         .await
@@ -229,7 +231,7 @@ pub async fn redrive(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Gives up on one unfinished order: NOT_PLACED, both sides released.
 pub async fn force_fail(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let order = client
         .force_fail_order(ForceFailOrderRequest { order_id })
         .await
@@ -241,7 +243,7 @@ pub async fn force_fail(urls: &Urls, order_id: String) -> anyhow::Result<()> {
 
 /// Marks a placed order's delivery done: its agent is freed for the next order.
 pub async fn complete_delivery(urls: &Urls, order_id: String) -> anyhow::Result<()> {
-    let mut client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let done = client
         .complete_delivery(CompleteDeliveryRequest { order_id })
         .await

@@ -14,13 +14,13 @@ use order_saga_proto::{
 
 use crate::{
     catalogue::{list_foods, list_zones},
-    client::Urls,
+    client::{AdminApi, Urls},
     orders::list_orders,
 };
 
 /// Checks invariants 1-3 of docs/design.md as far as the public APIs show them.
 pub async fn verify(urls: &Urls, wait: Duration) -> anyhow::Result<()> {
-    let mut orders_client = OrderAdminServiceClient::new(urls.admin(&urls.order_admin).await?);
+    let mut orders_client = OrderAdminServiceClient::new(urls.admin(AdminApi::Order).await?);
     let mut store = StoreServiceClient::new(urls.connect(&urls.store).await?);
     let mut delivery = DeliveryServiceClient::new(urls.connect(&urls.delivery).await?);
     let give_up = Instant::now() + wait;

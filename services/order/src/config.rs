@@ -80,6 +80,13 @@ pub struct OrderArgs {
     /// The key of `tls_cert`.
     #[arg(long, env = "ORDER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A certificate for the admin listener alone (wins over `tls_cert` there), so operator
+    /// tokens and the console's cookie never cross the network in the clear.
+    #[arg(long, env = "ORDER_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The key of `admin_tls_cert`.
+    #[arg(long, env = "ORDER_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// How long reservations are held; also how long transient assign failures are retried.
     #[arg(long, env = "ORDER_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
     pub reservation_ttl: Duration,
@@ -240,14 +247,11 @@ impl OrderArgs {
             &self.delivery_url,
             internal,
         );
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            let tls = ServerTls::load(&KeyPairFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            })?;
-            s.tls.public = Some(tls.clone());
-            s.tls.admin = Some(tls);
-        }
+        let tls = ServerTls::load_pair(self.tls_cert.as_ref(), self.tls_key.as_ref())?;
+        s.tls.admin =
+            ServerTls::load_pair(self.admin_tls_cert.as_ref(), self.admin_tls_key.as_ref())?
+                .or_else(|| tls.clone());
+        s.tls.public = tls;
         s.db.max_connections = self.db_max_connections;
         s.db.acquire_timeout = self.db_acquire_timeout;
         s.saga.reservation_ttl = self.reservation_ttl;
