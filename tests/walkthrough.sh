@@ -130,7 +130,10 @@ grpcurl() {
             -plaintext | --plaintext) plaintext=1 ;;
             -d | --d) data=$2; has_data=1; shift ;;
             -d=* | --d=*) data=${1#*=}; has_data=1 ;;
-            -H | --H | -rpc-header | --rpc-header) headers+=(-H "$2"); shift ;;
+            # grpcurl's -H goes with the RPC and with reflection (the admin listeners'
+            # reflection needs the token too); buf curl names the two apart.
+            -H | --H) headers+=(-H "$2" --reflect-header "$2"); shift ;;
+            -rpc-header | --rpc-header) headers+=(-H "$2"); shift ;;
             -cacert | --cacert) cacert=$2; shift ;;
             -*) echo "walkthrough: grpcurl flag $1 is not supported by the buf curl stand-in" >&2
                 [ "$GRPCURL_MODE" = grpcurl ] || return 2 ;;

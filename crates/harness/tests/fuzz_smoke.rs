@@ -36,7 +36,7 @@ async fn hostile_requests_get_documented_codes_and_break_nothing() {
         .expect("fuzz runs");
     assert_eq!(
         report.counts.len(),
-        22,
+        26,
         "every RPC on every port that serves it"
     );
     for c in &report.counts {

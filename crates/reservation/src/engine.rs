@@ -131,6 +131,7 @@ struct Queries {
     unit_state: String,
     tombstone: String,
     complete_claim: String,
+    mark_completed: String,
     lock_held: String,
     free_unit: String,
     sweep: String,
@@ -217,12 +218,15 @@ impl Queries {
                  ON CONFLICT (order_id) DO UPDATE \
                  SET released_at = COALESCE(claims.released_at, excluded.released_at)",
             ),
+            // A completion's tombstone, like a release's; `mark_completed` records, once a
+            // unit was actually freed, that a completion freed it (invariant 6 reads it).
             complete_claim: db.sql(
-                "INSERT INTO claims (order_id, released_at, created_at, completed_at) \
-                 VALUES ($1, {now}, {now}, {now}) \
+                "INSERT INTO claims (order_id, released_at, created_at) VALUES ($1, {now}, {now}) \
                  ON CONFLICT (order_id) DO UPDATE \
-                 SET released_at = COALESCE(claims.released_at, excluded.released_at), \
-                     completed_at = COALESCE(claims.completed_at, excluded.completed_at)",
+                 SET released_at = COALESCE(claims.released_at, excluded.released_at)",
+            ),
+            mark_completed: db.sql(
+                "UPDATE claims SET completed_at = COALESCE(completed_at, {now}) WHERE order_id = $1",
             ),
             // The unit an order holds (at most one, by `units_one_per_order`), locked.
             lock_held: db
@@ -679,6 +683,12 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         let freed = self.free_held(&mut tx, order_id, true).await?;
+        if freed.is_some() {
+            sqlx::query(AssertSqlSafe(self.sql.mark_completed.as_str()))
+                .bind(order_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(freed)
     }

@@ -697,6 +697,14 @@ both_backends!(
                 .await
                 .expect("claim");
         assert!(completed.is_some());
+        // A completion that freed nothing records none (only the tombstone): invariant 6
+        // reads `completed_at` as "a completion freed this order's unit".
+        let nothing: Option<i64> =
+            sqlx::query_scalar("SELECT completed_at FROM claims WHERE order_id = 'never'")
+                .fetch_one(engine.db().pool())
+                .await
+                .expect("claim");
+        assert_eq!(nothing, None);
     }
 );
 

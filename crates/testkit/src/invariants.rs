@@ -113,7 +113,9 @@ pub async fn violations(
                 .fetch_all(db.pool())
                 .await?;
         db.close().await;
-        // 6. A delivery is completed only for an order stored PLACED.
+        // 6. A completion frees a unit only for an order stored PLACED (`completed_at` is
+        // set only when a completion freed one; the orchestrator's certificate may complete
+        // any id, which frees nothing unless that order holds an assignment).
         for order in &completed {
             match phases.get(order.as_str()) {
                 Some(&"placed") => {}
