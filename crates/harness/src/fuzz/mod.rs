@@ -214,6 +214,14 @@ pub const ALLOWED: &[Code] = &[
 /// Marks the answers to internal calls made with another service's certificate, which must all
 /// be `PERMISSION_DENIED`.
 pub const IMPOSTOR: &str = " (other service's certificate)";
+/// Marks the answers to admin calls sent without the operator's token. They come from
+/// loopback addresses of their own, so the wrong-token throttle (which refuses a guessing peer
+/// everything for a minute) locks out those addresses and never the operator's calls.
+pub const GUESSER: &str = " (no or wrong token)";
+/// Loopback addresses per admin RPC that the calls without the operator's token rotate over:
+/// each is locked out after `auth::MAX_FAILURES` guesses, so every RPC sees that many
+/// refusals by the token check itself before the throttle answers for them.
+const GUESSERS: u8 = 8;
 
 /// The answers one RPC got on one port.
 #[derive(Debug, Clone, Default)]
@@ -269,8 +277,9 @@ impl FuzzReport {
             .filter(|(code, _)| match code.strip_suffix(IMPOSTOR) {
                 Some(code) => code != "PermissionDenied",
                 None => {
+                    let code = code.strip_suffix(GUESSER).unwrap_or(code);
                     !code.starts_with("no answer")
-                        && !ALLOWED.iter().any(|a| format!("{a:?}") == **code)
+                        && !ALLOWED.iter().any(|a| format!("{a:?}") == *code)
                 }
             })
             .map(|(_, n)| n)
@@ -311,8 +320,22 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
         .filter(|(_, (_, rpc, _))| args.rpc.as_ref().is_none_or(|f| rpc.contains(f.as_str())));
     for (i, (service, rpc, audience)) in chosen {
         let (channel, foreign) = match audience {
-            Audience::Public => (plain(&cluster.url(service)).await?, None),
-            Audience::Admin => (plain(&cluster.admin_url(service)).await?, None),
+            Audience::Public => (plain(&cluster.url(service)).await?, Vec::new()),
+            Audience::Admin => {
+                let url = cluster.admin_url(service);
+                let mut guessers = Vec::new();
+                for g in 1..=GUESSERS {
+                    let octet = u8::try_from(i % 250 + 1).unwrap_or(1);
+                    let from = std::net::Ipv4Addr::new(127, 0, octet, g);
+                    guessers.push(
+                        Channel::from_shared(url.clone())?
+                            .local_address(Some(from.into()))
+                            .connect()
+                            .await?,
+                    );
+                }
+                (plain(&url).await?, guessers)
+            }
             Audience::Internal => {
                 let url = cluster
                     .internal_url(service)
@@ -327,7 +350,7 @@ pub async fn run(args: &FuzzArgs) -> anyhow::Result<FuzzReport> {
                         .identity("order")?
                         .connect(url.clone(), service)
                         .await?,
-                    Some(cluster.identity(other)?.connect(url, service).await?),
+                    vec![cluster.identity(other)?.connect(url, service).await?],
                 )
             }
         };
@@ -384,8 +407,10 @@ async fn plain(url: &str) -> anyhow::Result<Channel> {
 /// One RPC on one port, and what it needs to build and send requests.
 struct Fuzzed<'a> {
     channel: Channel,
-    /// For internal RPCs: a channel holding another service's certificate.
-    foreign: Option<Channel>,
+    /// For internal RPCs: a channel holding another service's certificate. For admin RPCs:
+    /// the channels, each from a loopback address of its own, that calls without the
+    /// operator's token rotate over.
+    foreign: Vec<Channel>,
     service: &'a str,
     rpc: &'a str,
     audience: Audience,
@@ -412,19 +437,26 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
                 } else {
                     valid
                 };
-                let foreign = target
-                    .foreign
-                    .as_ref()
-                    .filter(|_| rng.random_range(0..10) >= 7);
-                (
-                    body,
-                    is_garbage,
-                    credential(&target, &mut rng),
-                    foreign.cloned(),
-                )
+                let authorization = credential(&target, &mut rng);
+                let foreign = match target.audience {
+                    Audience::Admin
+                        if authorization.as_ref().and_then(|a| a.to_str().ok())
+                            != Some(target.operator) =>
+                    {
+                        let n = target.foreign.len().max(1);
+                        target.foreign.get(rng.random_range(0..n))
+                    }
+                    Audience::Admin => None,
+                    _ => target
+                        .foreign
+                        .first()
+                        .filter(|_| rng.random_range(0..10) >= 7),
+                };
+                (body, is_garbage, authorization, foreign.cloned())
             };
             let sent = body.clone();
-            let impostor = foreign.is_some();
+            let guessing = foreign.is_some() && target.audience == Audience::Admin;
+            let impostor = foreign.is_some() && !guessing;
             let channel = foreign.unwrap_or_else(|| target.channel.clone());
             let answer = raw::call(channel, target.rpc, body, authorization).await;
             let code = match &answer {
@@ -449,6 +481,8 @@ async fn fuzz_rpc(target: Fuzzed<'_>, requests: u64, concurrency: usize, seed: u
                 format!("no answer in {} s", CALL_TIMEOUT.as_secs())
             } else if impostor {
                 format!("{code:?}{IMPOSTOR}")
+            } else if guessing {
+                format!("{code:?}{GUESSER}")
             } else {
                 format!("{code:?}")
             };
