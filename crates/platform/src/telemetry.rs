@@ -2,7 +2,9 @@
 //!
 //! [`init_telemetry`] installs a `tracing` subscriber that logs to stderr (text, or one JSON
 //! object per line with `LOG_FORMAT=json`) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
-//! exports spans over OTLP/gRPC. Each request's span carries `trace_id` (when trace context is
+//! exports spans over OTLP/gRPC. `RUST_LOG` filters the log output only; what is traced has
+//! its own filter (`OTEL_TRACES_FILTER`, default `info`), so quieting the logs never drops a
+//! trace. Traces are exported under `OTEL_SERVICE_NAME` when it is set. Each request's span carries `trace_id` (when trace context is
 //! on: OTLP export or JSON logs) and, once known, `order_id`; JSON lines list the fields of
 //! every span they are in, so every line of a request names its trace and its order. The returned guard flushes
 //! the exporter when dropped. W3C trace context (`traceparent`) is injected into every outgoing
@@ -17,22 +19,29 @@ use opentelemetry::{
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Telemetry settings, normally read from the environment by [`TelemetryConfig::from_env`].
 #[derive(Debug, Clone, Default)]
 pub struct TelemetryConfig {
     /// OTLP/gRPC collector endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`); no export when unset.
     pub otlp_endpoint: Option<String>,
-    /// Log filter directives (`RUST_LOG`); `info` when unset.
+    /// Log filter directives (`RUST_LOG`); `info` when unset. It gates the log output only:
+    /// quieting the logs must not silently drop the traces.
     pub log_filter: Option<String>,
+    /// Filter directives for the spans that are traced (`OTEL_TRACES_FILTER`); `info` when
+    /// unset.
+    pub trace_filter: Option<String>,
+    /// The service name traces are exported under (`OTEL_SERVICE_NAME`); the binary's own
+    /// name when unset.
+    pub service_name: Option<String>,
     /// One JSON object per log line (`LOG_FORMAT=json`) instead of text.
     pub json_logs: bool,
 }
 
 impl TelemetryConfig {
-    /// Reads `OTEL_EXPORTER_OTLP_ENDPOINT`, `RUST_LOG` and `LOG_FORMAT` (`text`, the default,
-    /// or `json`).
+    /// Reads `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_FILTER`,
+    /// `RUST_LOG` and `LOG_FORMAT` (`text`, the default, or `json`).
     pub fn from_env() -> anyhow::Result<Self> {
         let json_logs = match std::env::var("LOG_FORMAT").as_deref() {
             Err(_) | Ok("") | Ok("text") => false,
@@ -44,6 +53,10 @@ impl TelemetryConfig {
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
             log_filter: std::env::var("RUST_LOG").ok(),
+            trace_filter: std::env::var("OTEL_TRACES_FILTER").ok(),
+            service_name: std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
             json_logs,
         })
     }
@@ -65,25 +78,23 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs logging and, if configured, OTLP trace export for `service_name`.
+/// Installs logging and, if configured, OTLP trace export for `service_name` (or the
+/// configured `OTEL_SERVICE_NAME`).
 pub fn init_telemetry(
     service_name: &'static str,
     config: &TelemetryConfig,
 ) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_new(config.log_filter.as_deref().unwrap_or("info"))?;
-    let (text, json) = if config.json_logs {
-        let json = tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(false)
-            .with_span_list(true)
-            .with_writer(std::io::stderr);
-        (None, Some(json))
-    } else {
-        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-        (Some(text), None)
+    let resource = || {
+        Resource::builder()
+            .with_service_name(
+                config
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| service_name.to_owned()),
+            )
+            .build()
     };
-
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -92,7 +103,7 @@ pub fn init_telemetry(
                 .build()?;
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(Resource::builder().with_service_name(service_name).build())
+                .with_resource(resource())
                 .build();
             global::set_tracer_provider(provider.clone());
             Some(provider)
@@ -100,21 +111,48 @@ pub fn init_telemetry(
         // JSON logs carry trace ids: trace context on, nothing exported.
         None if config.json_logs => Some(
             SdkTracerProvider::builder()
-                .with_resource(Resource::builder().with_service_name(service_name).build())
+                .with_resource(resource())
                 .build(),
         ),
         None => None,
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .with(json)
-        .with(otel)
-        .try_init()?;
+    subscriber(config, provider.as_ref(), service_name)?.try_init()?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The subscriber [`init_telemetry`] installs: the log output behind the log filter, and the
+/// trace layer behind a filter of its own, so `RUST_LOG=warn` quiets the logs without
+/// dropping a single span from the traces.
+fn subscriber(
+    config: &TelemetryConfig,
+    provider: Option<&SdkTracerProvider>,
+    service_name: &'static str,
+) -> anyhow::Result<impl tracing::Subscriber + Send + Sync + 'static> {
+    let log_filter = || EnvFilter::try_new(config.log_filter.as_deref().unwrap_or("info"));
+    let (text, json) = if config.json_logs {
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter()?);
+        (None, Some(json))
+    } else {
+        let text = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter()?);
+        (Some(text), None)
+    };
+    let trace_filter = EnvFilter::try_new(config.trace_filter.as_deref().unwrap_or("info"))?;
+    let otel = provider.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service_name))
+            .with_filter(trace_filter)
+    });
+    Ok(tracing_subscriber::registry()
+        .with(otel)
+        .with(text)
+        .with(json))
 }
 
 /// Quiet logging for tests: prints only when `TEST_LOG` is set. Safe to call many times.
@@ -200,4 +238,70 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
 /// log line of the request carries it.
 pub fn record_order_id(order_id: &str) {
     tracing::Span::current().record("order_id", order_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{SpanData, SpanExporter},
+    };
+
+    use super::*;
+
+    /// Keeps every exported span in memory.
+    #[derive(Debug, Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collected {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(batch);
+            Ok(())
+        }
+    }
+
+    fn traced(config: &TelemetryConfig) -> Vec<String> {
+        let collected = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(collected.clone())
+            .build();
+        let subscriber = subscriber(config, Some(&provider), "test").expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
+            let _request = tracing::info_span!("place_order").entered();
+            let _debug = tracing::debug_span!("sql").entered();
+        });
+        provider.force_flush().expect("flush");
+        collected
+            .0
+            .lock()
+            .expect("spans")
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
+    }
+
+    /// A user quieting the logs with `RUST_LOG=warn` still gets every trace: one global
+    /// filter used to gate the trace layer too, and dropped every `info` span. (Fails with the
+    /// log filter applied to the whole subscriber: no span is exported.)
+    #[test]
+    fn spans_are_traced_whatever_the_log_filter_says() {
+        let quiet = TelemetryConfig {
+            log_filter: Some("warn".into()),
+            ..TelemetryConfig::default()
+        };
+        assert_eq!(traced(&quiet), ["place_order"]);
+        let deep = TelemetryConfig {
+            log_filter: Some("off".into()),
+            trace_filter: Some("debug".into()),
+            ..TelemetryConfig::default()
+        };
+        let mut names = traced(&deep);
+        names.sort();
+        assert_eq!(names, ["place_order", "sql"]);
+    }
 }
