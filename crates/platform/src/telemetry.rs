@@ -4,10 +4,11 @@
 //! object per line with `LOG_FORMAT=json`) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
 //! exports spans over OTLP/gRPC. `RUST_LOG` filters the log output only; what is traced has
 //! its own filter (`OTEL_TRACES_FILTER`, default `info`), so quieting the logs never drops a
-//! trace. Traces are exported under `OTEL_SERVICE_NAME` when it is set. Each request's span carries `trace_id` (when trace context is
-//! on: OTLP export or JSON logs) and, once known, `order_id`; JSON lines list the fields of
-//! every span they are in, so every line of a request names its trace and its order. The returned guard flushes
-//! the exporter when dropped. W3C trace context (`traceparent`) is injected into every outgoing
+//! trace. Traces are exported under `OTEL_SERVICE_NAME` when it is set. Each request's span
+//! carries `trace_id` (when trace context is on: OTLP export or JSON logs) and, once known,
+//! `order_id`; JSON lines list the fields of every span they are in, so every line of a request
+//! names its trace and its order. The returned guard flushes the exporter when dropped. W3C
+//! trace context (`traceparent`) is injected into every outgoing
 //! gRPC request by [`TracePropagation`] and extracted by [`grpc_server_span`] on the way in, so
 //! an order's spans in the order, store and delivery services form one trace.
 
@@ -242,31 +243,11 @@ pub fn record_order_id(order_id: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use opentelemetry_sdk::{
-        error::OTelSdkResult,
-        trace::{SpanData, SpanExporter},
-    };
-
     use super::*;
-
-    /// Keeps every exported span in memory.
-    #[derive(Debug, Clone, Default)]
-    struct Collected(Arc<Mutex<Vec<SpanData>>>);
-
-    impl SpanExporter for Collected {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(batch);
-            Ok(())
-        }
-    }
+    use crate::testing::CollectedSpans;
 
     fn traced(config: &TelemetryConfig) -> Vec<String> {
-        let collected = Collected::default();
+        let collected = CollectedSpans::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(collected.clone())
             .build();
@@ -277,9 +258,7 @@ mod tests {
         });
         provider.force_flush().expect("flush");
         collected
-            .0
-            .lock()
-            .expect("spans")
+            .spans()
             .iter()
             .map(|s| s.name.to_string())
             .collect()

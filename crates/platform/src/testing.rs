@@ -85,3 +85,29 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// A span exporter that keeps every exported span in memory, for tests of what is traced.
+#[derive(Debug, Clone, Default)]
+pub struct CollectedSpans(
+    std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>,
+);
+
+impl CollectedSpans {
+    /// Every span exported so far.
+    pub fn spans(&self) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for CollectedSpans {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(batch);
+        Ok(())
+    }
+}

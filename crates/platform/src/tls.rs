@@ -133,19 +133,24 @@ impl ServerTls {
         Ok(Self(files.identity()?))
     }
 
-    /// Reads the pair when both paths are given (a setting's `--x-cert` and `--x-key`, which
-    /// clap requires together); `None` means plaintext.
-    pub fn load_pair(
-        cert: Option<&std::path::PathBuf>,
-        key: Option<&std::path::PathBuf>,
-    ) -> anyhow::Result<Option<Self>> {
-        match (cert, key) {
-            (Some(cert), Some(key)) => Ok(Some(Self::load(&KeyPairFiles {
+    /// TLS of the public and the admin listener from their settings (clap requires each
+    /// certificate with its key): `tls` serves both, `admin_tls` the admin listener alone and
+    /// wins there; `None` means plaintext.
+    pub fn for_listeners(
+        tls: (Option<&PathBuf>, Option<&PathBuf>),
+        admin_tls: (Option<&PathBuf>, Option<&PathBuf>),
+    ) -> anyhow::Result<(Option<Self>, Option<Self>)> {
+        let load = |pair: (Option<&PathBuf>, Option<&PathBuf>)| match pair {
+            (Some(cert), Some(key)) => Self::load(&KeyPairFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-            })?)),
+            })
+            .map(Some),
             _ => Ok(None),
-        }
+        };
+        let public = load(tls)?;
+        let admin = load(admin_tls)?.or_else(|| public.clone());
+        Ok((public, admin))
     }
 
     /// The server configuration.

@@ -194,10 +194,10 @@ impl ParticipantArgs {
     /// Settings for [`Participant::build`]; fails on a token too weak to accept or a
     /// certificate that cannot be read.
     pub fn settings(&self) -> anyhow::Result<ParticipantSettings> {
-        let server_tls = ServerTls::load_pair(self.tls_cert.as_ref(), self.tls_key.as_ref())?;
-        let admin_tls =
-            ServerTls::load_pair(self.admin_tls_cert.as_ref(), self.admin_tls_key.as_ref())?
-                .or_else(|| server_tls.clone());
+        let (server_tls, admin_tls) = ServerTls::for_listeners(
+            (self.tls_cert.as_ref(), self.tls_key.as_ref()),
+            (self.admin_tls_cert.as_ref(), self.admin_tls_key.as_ref()),
+        )?;
         let tls = ListenerTls {
             internal: Some(MutualTls::load(
                 &self.internal_ca,

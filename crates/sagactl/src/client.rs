@@ -123,15 +123,21 @@ pub enum AdminApi {
 const LOCAL_TOKEN_FILE: &str = "data/admin.token";
 
 impl Urls {
+    /// `api`'s admin URL and its own token, if one was given.
+    fn admin_api(&self, api: AdminApi) -> (&str, Option<&String>) {
+        let (url, token) = match api {
+            AdminApi::Order => (&self.order_admin, &self.order_admin_token),
+            AdminApi::Store => (&self.store_admin, &self.store_admin_token),
+            AdminApi::Delivery => (&self.delivery_admin, &self.delivery_admin_token),
+        };
+        (url, token.as_ref())
+    }
+
     /// The credential sent to `api`: its own `--<service>-admin-token`, else `--admin-token`,
     /// else `data/admin.token` if it exists, else none (the server answers `UNAUTHENTICATED`).
     pub fn admin_credential(&self, api: AdminApi) -> anyhow::Result<BearerToken> {
-        let own = match api {
-            AdminApi::Order => &self.order_admin_token,
-            AdminApi::Store => &self.store_admin_token,
-            AdminApi::Delivery => &self.delivery_admin_token,
-        };
-        let token = match own.as_ref().or(self.admin_token.as_ref()) {
+        let (_, own) = self.admin_api(api);
+        let token = match own.or(self.admin_token.as_ref()) {
             Some(t) => Some(t.trim().to_owned()),
             None => std::fs::read_to_string(LOCAL_TOKEN_FILE)
                 .ok()
@@ -159,11 +165,7 @@ impl Urls {
 
     /// A channel to `api`'s admin listener that sends its admin credential.
     pub async fn admin(&self, api: AdminApi) -> anyhow::Result<AdminChannel> {
-        let url = match api {
-            AdminApi::Order => &self.order_admin,
-            AdminApi::Store => &self.store_admin,
-            AdminApi::Delivery => &self.delivery_admin,
-        };
+        let (url, _) = self.admin_api(api);
         Ok(InterceptedService::new(
             self.connect(url).await?,
             self.admin_credential(api)?,

@@ -247,11 +247,10 @@ impl OrderArgs {
             &self.delivery_url,
             internal,
         );
-        let tls = ServerTls::load_pair(self.tls_cert.as_ref(), self.tls_key.as_ref())?;
-        s.tls.admin =
-            ServerTls::load_pair(self.admin_tls_cert.as_ref(), self.admin_tls_key.as_ref())?
-                .or_else(|| tls.clone());
-        s.tls.public = tls;
+        (s.tls.public, s.tls.admin) = ServerTls::for_listeners(
+            (self.tls_cert.as_ref(), self.tls_key.as_ref()),
+            (self.admin_tls_cert.as_ref(), self.admin_tls_key.as_ref()),
+        )?;
         s.db.max_connections = self.db_max_connections;
         s.db.acquire_timeout = self.db_acquire_timeout;
         s.saga.reservation_ttl = self.reservation_ttl;

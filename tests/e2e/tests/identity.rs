@@ -361,19 +361,11 @@ async fn public_listener_serves_tls_when_given_a_certificate() {
 }
 
 mod reflection {
-    use tokio_stream_free::once;
     use tonic::transport::Channel;
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-
-    /// A stream of one request, without another crate.
-    mod tokio_stream_free {
-        pub fn once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> + Send {
-            futures::stream::iter([item])
-        }
-    }
 
     /// One reflection call: its answer, or the status that refused the stream.
     pub async fn ask(
@@ -384,10 +376,10 @@ mod reflection {
         let token = order_saga_saga::BearerToken::new(token).expect("token");
         let mut client = ServerReflectionClient::with_interceptor(channel, token);
         let mut answers = client
-            .server_reflection_info(once(ServerReflectionRequest {
+            .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
                 host: String::new(),
                 message_request: Some(request),
-            }))
+            }]))
             .await?
             .into_inner();
         let answer = answers.message().await?.expect("an answer");
@@ -651,7 +643,7 @@ async fn settings_that_cannot_work_with_the_participants_are_refused_at_start_up
             .tls_config(tls)
             .expect("tls")
             .add_service(health)
-            .serve_with_incoming(tokio_stream_listener(listener)),
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let err = build(settings(format!("https://{addr}")).await)
         .await
@@ -664,13 +656,4 @@ async fn settings_that_cannot_work_with_the_participants_are_refused_at_start_up
         None
     );
     cluster.stop().await;
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| s);
-        Some((accepted, listener))
-    })
 }

@@ -3,31 +3,12 @@
 //!
 //! Its own test binary, because it installs the process-wide tracing subscriber.
 
-use std::sync::{Arc, Mutex};
-
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
-use opentelemetry_sdk::{
-    error::OTelSdkResult,
-    trace::{SdkTracerProvider, SpanData, SpanExporter},
-};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use order_saga_e2e::{Cluster, ClusterOptions};
-use order_saga_platform::testing::TestBackend;
+use order_saga_platform::testing::{CollectedSpans, TestBackend};
 use order_saga_proto::order::v1::OrderState;
 use tracing_subscriber::layer::SubscriberExt;
-
-/// Keeps every exported span in memory.
-#[derive(Debug, Clone, Default)]
-struct Collected(Arc<Mutex<Vec<SpanData>>>);
-
-impl SpanExporter for Collected {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(batch);
-        Ok(())
-    }
-}
 
 fn path_of(span: &SpanData) -> Option<String> {
     span.attributes
@@ -38,7 +19,7 @@ fn path_of(span: &SpanData) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_order_is_one_trace_across_the_three_services() {
-    let exporter = Collected::default();
+    let exporter = CollectedSpans::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
@@ -57,7 +38,7 @@ async fn one_order_is_one_trace_across_the_three_services() {
     cluster.stop().await;
     provider.force_flush().expect("flush");
 
-    let spans = exporter.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let spans = exporter.spans();
     let place = spans
         .iter()
         .find(|s| path_of(s).as_deref() == Some("/order.v1.OrderService/PlaceOrder"))
