@@ -210,6 +210,9 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
+            // No liveness ping on every acquire (a round trip each): a connection that died
+            // fails its next statement, which is classified retryable like any outage.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -243,6 +246,9 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(options.acquire_timeout)
+            // No liveness ping on every acquire (a round trip each): a connection that died
+            // fails its next statement, which is classified retryable like any outage.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -9,6 +9,8 @@
 //!   internal, admin), a background loop, graceful shutdown.
 //! - [`server`]: the gRPC server stack of each listener (health, reflection, timeouts, TLS,
 //!   admission control).
+//! - [`group_commit`]: requests that arrive while a transaction is in flight share the next
+//!   one (one commit for many), with a one-by-one fallback when a batch fails as a whole.
 //! - [`tls`]: service identity: mutual TLS on the internal listener, the cluster CA that
 //!   issues the certificates.
 //! - [`auth`]: bearer tokens with a role (operator, viewer) for the admin services, checked by
@@ -21,6 +23,7 @@ pub mod app;
 pub mod auth;
 pub mod db;
 pub mod failpoints;
+pub mod group_commit;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;

@@ -6,9 +6,12 @@
 //! that acts on it, so application clocks never matter. Every change of a unit's status updates
 //! its pool's counts in the same transaction, so counts are read from one row per pool.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
-use order_saga_platform::db::{Db, detached, is_unique_violation};
+use order_saga_platform::{
+    db::{Db, detached, is_unique_violation},
+    group_commit::{Committer, GroupCommit, GroupCommitConfig},
+};
 use sqlx::AssertSqlSafe;
 use tracing::instrument;
 
@@ -29,6 +32,8 @@ pub struct EngineConfig {
     pub max_ttl: Duration,
     /// How often a reserve that lost every race retries before answering `ABORTED`.
     pub claim_attempts: u32,
+    /// How reserves, assigns and releases share transactions (see [`Engine`]).
+    pub group_commit: GroupCommitConfig,
 }
 
 impl EngineConfig {
@@ -39,6 +44,7 @@ impl EngineConfig {
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(3600),
             claim_attempts: 3,
+            group_commit: GroupCommitConfig::default(),
         }
     }
 }
@@ -108,13 +114,6 @@ pub enum EngineError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
-}
-
-/// Outcome of one claim attempt.
-enum Claim {
-    Claimed(Reservation),
-    /// Nothing free was visible: the pool is empty, or others hold locks on what is left.
-    Nothing,
 }
 
 /// SQL for this engine's backend, rendered once.
@@ -293,7 +292,39 @@ struct CountsDelta {
     retired: i64,
 }
 
+impl std::ops::AddAssign for CountsDelta {
+    fn add_assign(&mut self, other: Self) {
+        self.available += other.available;
+        self.reserved += other.reserved;
+        self.assigned += other.assigned;
+        self.retired += other.retired;
+    }
+}
+
+/// The counts changes of one transaction, per pool, applied in pool order just before it
+/// commits: every writer locks counts rows last and in one order, so two transactions never
+/// wait for each other's counts rows in a cycle.
+#[derive(Debug, Default)]
+struct Deltas(BTreeMap<String, CountsDelta>);
+
+impl Deltas {
+    fn add(&mut self, pool: &str, delta: CountsDelta) {
+        *self.0.entry(pool.to_owned()).or_default() += delta;
+    }
+
+    async fn apply(self, sql: &Queries, conn: &mut sqlx::AnyConnection) -> Result<(), EngineError> {
+        for (pool, delta) in self.0 {
+            sql.count(conn, &pool, delta).await?;
+        }
+        Ok(())
+    }
+}
+
 /// The reservation engine of one participant.
+///
+/// Reserves, assigns and releases go through a [`GroupCommit`]: those that arrive while a
+/// transaction is in flight run together in the next one, with one commit for the batch and
+/// an answer of its own for each (see [`Writer`]).
 #[derive(Debug, Clone)]
 pub struct Engine {
     db: Db,
@@ -302,6 +333,7 @@ pub struct Engine {
     reads: Db,
     config: EngineConfig,
     sql: std::sync::Arc<Queries>,
+    writes: GroupCommit<Writer>,
 }
 
 type CountsRow = (String, String, i64, i64, i64, i64, i64, i64);
@@ -355,14 +387,25 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Engine {
-    /// An engine over `db`, whose schema must be migrated with [`crate::MIGRATOR`].
+    /// An engine over `db`, whose schema must be migrated with [`crate::MIGRATOR`]. Starts the
+    /// group-commit writers, so it must be called inside a Tokio runtime.
     pub fn new(db: Db, config: EngineConfig) -> Self {
         let sql = std::sync::Arc::new(Queries::new(&db));
+        let writer = Writer {
+            db: db.clone(),
+            sql: sql.clone(),
+        };
+        let writes = GroupCommit::start(
+            "participant",
+            writer,
+            config.group_commit.for_backend(db.backend()),
+        );
         Self {
             reads: db.clone(),
             db,
             config,
             sql,
+            writes,
         }
     }
 
@@ -411,11 +454,13 @@ impl Engine {
                 self.config.min_ttl, self.config.max_ttl
             )));
         }
-        let ttl_ms = ms(ttl);
+        let write = Write::Reserve {
+            order_id: order_id.to_owned(),
+            pool: pool.to_owned(),
+            ttl_ms: ms(ttl),
+        };
         for attempt in 1..=self.config.claim_attempts.max(1) {
-            let (this, order, pool_id) = (self.clone(), order_id.to_owned(), pool.to_owned());
-            let claim = detached(async move { this.try_reserve(&order, &pool_id, ttl_ms).await });
-            if let Claim::Claimed(r) = claim.await? {
+            if let Written::Claimed(Some(r)) = self.writes.submit(write.clone()).await? {
                 return Ok(r);
             }
             let free: Option<i64> = sqlx::query_scalar(AssertSqlSafe(self.sql.free_count.as_str()))
@@ -434,123 +479,17 @@ impl Engine {
         Err(EngineError::Contended(pool.to_owned()))
     }
 
-    async fn try_reserve(
-        &self,
-        order_id: &str,
-        pool: &str,
-        ttl_ms: i64,
-    ) -> Result<Claim, EngineError> {
-        let sql = &self.sql;
-        let mut tx = self.db.pool().begin().await?;
-        // Anchor the order: this row lock serialises us with a concurrent release or reserve
-        // of the same order.
-        let released: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.anchor_claim.as_str()))
-            .bind(order_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if released.is_some() {
-            return Err(EngineError::Released(order_id.to_owned()));
-        }
-        let held: Option<(String, String, String, Option<i64>)> =
-            sqlx::query_as(AssertSqlSafe(sql.held.as_str()))
-                .bind(order_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((unit_id, held_pool, status, expires_at_ms)) = held {
-            if held_pool != pool {
-                tx.commit().await?;
-                return Err(EngineError::InvalidArgument(format!(
-                    "order {order_id:?} already holds a unit of pool {held_pool:?}"
-                )));
-            }
-            if status == "assigned" {
-                tx.commit().await?;
-                return Ok(Claim::Claimed(Reservation {
-                    unit_id,
-                    expires_at_ms,
-                }));
-            }
-            let renewed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.renew.as_str()))
-                .bind(&unit_id)
-                .bind(order_id)
-                .bind(ttl_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(expires_at) = renewed {
-                tx.commit().await?;
-                return Ok(Claim::Claimed(Reservation {
-                    unit_id,
-                    expires_at_ms: Some(expires_at),
-                }));
-            }
-            // The sweeper freed it between our read and the renewal: claim afresh below.
-        }
-        fail::fail_point!("participant-reserve-before-claim");
-        let mut claimed: Option<(String, i64)> =
-            sqlx::query_as(AssertSqlSafe(sql.claim_free.as_str()))
-                .bind(order_id)
-                .bind(pool)
-                .bind(ttl_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if claimed.is_some() {
-            let delta = CountsDelta {
-                available: -1,
-                reserved: 1,
-                ..CountsDelta::default()
-            };
-            self.count(&mut tx, pool, delta).await?;
-        } else {
-            claimed = sqlx::query_as(AssertSqlSafe(sql.claim_expired.as_str()))
-                .bind(order_id)
-                .bind(pool)
-                .bind(ttl_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-        }
-        match claimed {
-            Some((unit_id, expires_at)) => {
-                fail::fail_point!("participant-reserve-before-commit");
-                tx.commit().await?;
-                fail::fail_point!("participant-reserve-after-commit");
-                Ok(Claim::Claimed(Reservation {
-                    unit_id,
-                    expires_at_ms: Some(expires_at),
-                }))
-            }
-            None => {
-                tx.rollback().await?;
-                Ok(Claim::Nothing)
-            }
-        }
-    }
-
-    /// Moves one pool's counts by `delta`, in the caller's transaction.
-    async fn count(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        pool: &str,
-        delta: CountsDelta,
-    ) -> Result<(), EngineError> {
-        sqlx::query(AssertSqlSafe(self.sql.counts.as_str()))
-            .bind(pool)
-            .bind(delta.available)
-            .bind(delta.reserved)
-            .bind(delta.assigned)
-            .bind(delta.retired)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-
     /// Makes the reservation of `unit_id` by `order_id` permanent.
     ///
     /// Succeeds while the reservation is held by the order and unexpired, and again on every
     /// repeat after success. Otherwise [`EngineError::NotHeld`] says why.
     #[instrument(skip_all, fields(order_id = %order_id, unit_id = %unit_id), err(level = "debug"))]
     pub async fn assign(&self, order_id: &str, unit_id: &str) -> Result<(), EngineError> {
-        let (this, order, unit) = (self.clone(), order_id.to_owned(), unit_id.to_owned());
-        if detached(async move { this.assign_tx(&order, &unit).await }).await? {
+        let write = Write::Assign {
+            order_id: order_id.to_owned(),
+            unit_id: unit_id.to_owned(),
+        };
+        if let Written::Assigned(true) = self.writes.submit(write).await? {
             return Ok(());
         }
         let repeat: Option<String> =
@@ -584,85 +523,18 @@ impl Engine {
         Err(EngineError::NotHeld(why))
     }
 
-    /// Assigns a live reservation and moves its pool's counts; false when there was none.
-    async fn assign_tx(&self, order_id: &str, unit_id: &str) -> Result<bool, EngineError> {
-        fail::fail_point!("participant-assign-before-commit");
-        let mut tx = self.db.pool().begin().await?;
-        let pool: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.assign.as_str()))
-            .bind(order_id)
-            .bind(unit_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(pool) = pool else {
-            tx.rollback().await?;
-            return Ok(false);
-        };
-        let delta = CountsDelta {
-            reserved: -1,
-            assigned: 1,
-            ..CountsDelta::default()
-        };
-        self.count(&mut tx, &pool, delta).await?;
-        tx.commit().await?;
-        fail::fail_point!("participant-assign-after-commit");
-        Ok(true)
-    }
-
     /// Frees whatever `order_id` holds here, reserved or assigned, and leaves a tombstone so
     /// that a reserve for the order arriving later is refused. Idempotent. Returns the unit
     /// freed by this call, if any.
     #[instrument(skip_all, fields(order_id = %order_id), err(level = "debug"))]
     pub async fn release(&self, order_id: &str) -> Result<Option<String>, EngineError> {
-        let (this, order_id) = (self.clone(), order_id.to_owned());
-        detached(async move { this.release_tx(&order_id).await }).await
-    }
-
-    async fn release_tx(&self, order_id: &str) -> Result<Option<String>, EngineError> {
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query(AssertSqlSafe(self.sql.tombstone.as_str()))
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
-        let freed = self.free_held(&mut tx, order_id, false).await?;
-        fail::fail_point!("participant-release-before-commit");
-        tx.commit().await?;
-        fail::fail_point!("participant-release-after-commit");
-        Ok(freed)
-    }
-
-    /// Frees the unit `order_id` holds (locked first), moving its pool's counts. With
-    /// `only_assigned`, a held unit that is not assigned is refused instead. Returns the
-    /// freed unit, if the order held one.
-    async fn free_held(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        order_id: &str,
-        only_assigned: bool,
-    ) -> Result<Option<String>, EngineError> {
-        let held: Option<(String, String, String)> =
-            sqlx::query_as(AssertSqlSafe(self.sql.lock_held.as_str()))
-                .bind(order_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((unit_id, pool, status)) = held else {
-            return Ok(None);
+        let write = Write::Release {
+            order_id: order_id.to_owned(),
         };
-        let assigned = status == "assigned";
-        if only_assigned && !assigned {
-            return Err(EngineError::NotAssigned(order_id.to_owned()));
+        match self.writes.submit(write).await? {
+            Written::Released(freed) => Ok(freed),
+            other => unreachable_answer(other),
         }
-        sqlx::query(AssertSqlSafe(self.sql.free_unit.as_str()))
-            .bind(&unit_id)
-            .execute(&mut *tx)
-            .await?;
-        let delta = CountsDelta {
-            available: 1,
-            reserved: if assigned { 0 } else { -1 },
-            assigned: if assigned { -1 } else { 0 },
-            ..CountsDelta::default()
-        };
-        self.count(tx, &pool, delta).await?;
-        Ok(Some(unit_id))
     }
 
     /// Ends the assignment of `order_id` because its work is done (a delivery was made): the
@@ -682,7 +554,12 @@ impl Engine {
             .bind(order_id)
             .execute(&mut *tx)
             .await?;
-        let freed = self.free_held(&mut tx, order_id, true).await?;
+        let mut deltas = Deltas::default();
+        let freed = self
+            .sql
+            .free_held(&mut tx, order_id, true, &mut deltas)
+            .await?;
+        deltas.apply(&self.sql, &mut tx).await?;
         if freed.is_some() {
             sqlx::query(AssertSqlSafe(self.sql.mark_completed.as_str()))
                 .bind(order_id)
@@ -713,7 +590,7 @@ impl Engine {
                 reserved: -n,
                 ..CountsDelta::default()
             };
-            self.count(&mut tx, pool, delta).await?;
+            self.sql.count(&mut tx, pool, delta).await?;
         }
         tx.commit().await?;
         Ok(freed.into_iter().map(|(unit, _)| unit).collect())
@@ -747,7 +624,7 @@ impl Engine {
                 retired: n,
                 ..CountsDelta::default()
             };
-            self.count(&mut tx, pool, delta).await?;
+            self.sql.count(&mut tx, pool, delta).await?;
         }
         tx.commit().await?;
         Ok(pools.len() as u64)
@@ -838,7 +715,7 @@ impl Engine {
             available: count,
             ..CountsDelta::default()
         };
-        self.count(&mut tx, pool, delta).await?;
+        self.sql.count(&mut tx, pool, delta).await?;
         tx.commit().await?;
         // Refresh the planner's statistics now rather than when autovacuum next visits (up to
         // a minute later on PostgreSQL). Until then a table that was empty when last analysed
@@ -880,4 +757,341 @@ fn per_pool<'a>(pools: impl Iterator<Item = &'a String>) -> Vec<(&'a str, i64)> 
         *counted.entry(pool.as_str()).or_default() += 1;
     }
     counted.into_iter().collect()
+}
+
+/// Answers a write with the wrong kind of answer: a bug, reported as an internal error.
+fn unreachable_answer<T>(answer: Written) -> Result<T, EngineError> {
+    tracing::error!(?answer, "a write was answered with another write's answer");
+    Err(EngineError::Db(sqlx::Error::Protocol(
+        "a write was answered with another write's answer".into(),
+    )))
+}
+
+/// One write a [`GroupCommit`] carries.
+#[derive(Debug, Clone)]
+enum Write {
+    /// One claim attempt (see [`Writer::reserve_in`]).
+    Reserve {
+        order_id: String,
+        pool: String,
+        ttl_ms: i64,
+    },
+    /// Assign a live reservation.
+    Assign { order_id: String, unit_id: String },
+    /// Free what the order holds and leave its tombstone.
+    Release { order_id: String },
+}
+
+impl Write {
+    fn order_id(&self) -> &str {
+        match self {
+            Self::Reserve { order_id, .. }
+            | Self::Assign { order_id, .. }
+            | Self::Release { order_id } => order_id,
+        }
+    }
+}
+
+/// The answer to a [`Write`].
+#[derive(Debug)]
+enum Written {
+    /// The reservation, or `None` when nothing free was visible (the pool is empty, or others
+    /// hold locks on what is left).
+    Claimed(Option<Reservation>),
+    /// Whether a live reservation was assigned by this write.
+    Assigned(bool),
+    /// The unit freed, if the order held one.
+    Released(Option<String>),
+}
+
+/// Runs [`Write`]s, alone or many in one transaction.
+///
+/// A batch runs its writes in order of order id, so the `claims` rows two batches both touch
+/// are locked in one order; unit claims skip locked rows; counts rows are changed last, in
+/// pool order ([`Deltas`]). A write refused for a business reason (released, nothing free, not
+/// held) is answered and the batch goes on; a database error fails the batch as a whole and
+/// [`GroupCommit`] runs each write again alone. Every write is idempotent per order, so that
+/// is safe even when a commit's outcome was unknown.
+#[derive(Debug, Clone)]
+struct Writer {
+    db: Db,
+    sql: std::sync::Arc<Queries>,
+}
+
+impl Committer for Writer {
+    type Item = Write;
+    type Output = Written;
+    type Error = EngineError;
+
+    async fn run_one(&self, write: &Write) -> Result<Written, EngineError> {
+        if let Write::Assign { .. } = write {
+            fail::fail_point!("participant-assign-before-commit");
+        }
+        let mut tx = self.db.pool().begin().await?;
+        let mut deltas = Deltas::default();
+        let written = self.write_in(&mut tx, write, &mut deltas).await?;
+        if let Written::Claimed(None) | Written::Assigned(false) = written {
+            // Nothing changed but the reserve's anchor row: leave no trace.
+            tx.rollback().await?;
+            return Ok(written);
+        }
+        deltas.apply(&self.sql, &mut tx).await?;
+        before_commit(std::slice::from_ref(write));
+        tx.commit().await?;
+        after_commit(std::slice::from_ref(write));
+        Ok(written)
+    }
+
+    async fn run_batch(
+        &self,
+        writes: &[Write],
+    ) -> Result<Vec<Result<Written, EngineError>>, sqlx::Error> {
+        if writes.iter().any(|w| matches!(w, Write::Assign { .. })) {
+            fail::fail_point!("participant-assign-before-commit");
+        }
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by(|&a, &b| writes[a].order_id().cmp(writes[b].order_id()));
+        let mut answers: Vec<Option<Result<Written, EngineError>>> =
+            (0..writes.len()).map(|_| None).collect();
+        let mut tx = self.db.pool().begin().await?;
+        let mut deltas = Deltas::default();
+        for i in order {
+            match self.write_in(&mut tx, &writes[i], &mut deltas).await {
+                Err(EngineError::Db(e)) => return Err(e),
+                answer => answers[i] = Some(answer),
+            }
+        }
+        deltas.apply(&self.sql, &mut tx).await.map_err(into_db)?;
+        before_commit(writes);
+        tx.commit().await?;
+        after_commit(writes);
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| unreachable_answer(Written::Assigned(false))))
+            .collect())
+    }
+}
+
+/// The database error inside an engine error (the only kind a batch's helpers return
+/// besides the answers themselves).
+fn into_db(e: EngineError) -> sqlx::Error {
+    match e {
+        EngineError::Db(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// Failpoints `participant-<write>-before-commit`, once per kind of write in the transaction.
+fn before_commit(writes: &[Write]) {
+    if writes.iter().any(|w| matches!(w, Write::Reserve { .. })) {
+        fail::fail_point!("participant-reserve-before-commit");
+    }
+    if writes.iter().any(|w| matches!(w, Write::Release { .. })) {
+        fail::fail_point!("participant-release-before-commit");
+    }
+}
+
+/// Failpoints `participant-<write>-after-commit`, once per kind of write in the transaction.
+fn after_commit(writes: &[Write]) {
+    if writes.iter().any(|w| matches!(w, Write::Reserve { .. })) {
+        fail::fail_point!("participant-reserve-after-commit");
+    }
+    if writes.iter().any(|w| matches!(w, Write::Assign { .. })) {
+        fail::fail_point!("participant-assign-after-commit");
+    }
+    if writes.iter().any(|w| matches!(w, Write::Release { .. })) {
+        fail::fail_point!("participant-release-after-commit");
+    }
+}
+
+impl Writer {
+    /// Runs one write in the caller's transaction, adding its counts changes to `deltas`.
+    async fn write_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        write: &Write,
+        deltas: &mut Deltas,
+    ) -> Result<Written, EngineError> {
+        match write {
+            Write::Reserve {
+                order_id,
+                pool,
+                ttl_ms,
+            } => Ok(Written::Claimed(
+                self.reserve_in(conn, order_id, pool, *ttl_ms, deltas)
+                    .await?,
+            )),
+            Write::Assign { order_id, unit_id } => Ok(Written::Assigned(
+                self.assign_in(conn, order_id, unit_id, deltas).await?,
+            )),
+            Write::Release { order_id } => {
+                sqlx::query(AssertSqlSafe(self.sql.tombstone.as_str()))
+                    .bind(order_id)
+                    .execute(&mut *conn)
+                    .await?;
+                let freed = self.sql.free_held(conn, order_id, false, deltas).await?;
+                Ok(Written::Released(freed))
+            }
+        }
+    }
+
+    /// One claim attempt: anchors the order (its `claims` row lock serialises a concurrent
+    /// release or reserve of the same order), returns or renews what it holds, else claims a
+    /// free unit, else an expired reservation. `None` when nothing free was visible.
+    async fn reserve_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        order_id: &str,
+        pool: &str,
+        ttl_ms: i64,
+        deltas: &mut Deltas,
+    ) -> Result<Option<Reservation>, EngineError> {
+        let sql = &self.sql;
+        let released: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.anchor_claim.as_str()))
+            .bind(order_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if released.is_some() {
+            return Err(EngineError::Released(order_id.to_owned()));
+        }
+        let held: Option<(String, String, String, Option<i64>)> =
+            sqlx::query_as(AssertSqlSafe(sql.held.as_str()))
+                .bind(order_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((unit_id, held_pool, status, expires_at_ms)) = held {
+            if held_pool != pool {
+                return Err(EngineError::InvalidArgument(format!(
+                    "order {order_id:?} already holds a unit of pool {held_pool:?}"
+                )));
+            }
+            if status == "assigned" {
+                return Ok(Some(Reservation {
+                    unit_id,
+                    expires_at_ms,
+                }));
+            }
+            let renewed: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.renew.as_str()))
+                .bind(&unit_id)
+                .bind(order_id)
+                .bind(ttl_ms)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(expires_at) = renewed {
+                return Ok(Some(Reservation {
+                    unit_id,
+                    expires_at_ms: Some(expires_at),
+                }));
+            }
+            // The sweeper freed it between our read and the renewal: claim afresh below.
+        }
+        fail::fail_point!("participant-reserve-before-claim");
+        let mut claimed: Option<(String, i64)> =
+            sqlx::query_as(AssertSqlSafe(sql.claim_free.as_str()))
+                .bind(order_id)
+                .bind(pool)
+                .bind(ttl_ms)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if claimed.is_some() {
+            let delta = CountsDelta {
+                available: -1,
+                reserved: 1,
+                ..CountsDelta::default()
+            };
+            deltas.add(pool, delta);
+        } else {
+            claimed = sqlx::query_as(AssertSqlSafe(sql.claim_expired.as_str()))
+                .bind(order_id)
+                .bind(pool)
+                .bind(ttl_ms)
+                .fetch_optional(&mut *conn)
+                .await?;
+        }
+        Ok(claimed.map(|(unit_id, expires_at)| Reservation {
+            unit_id,
+            expires_at_ms: Some(expires_at),
+        }))
+    }
+
+    /// Assigns a live reservation; false when there was none.
+    async fn assign_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        order_id: &str,
+        unit_id: &str,
+        deltas: &mut Deltas,
+    ) -> Result<bool, EngineError> {
+        let pool: Option<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.assign.as_str()))
+            .bind(order_id)
+            .bind(unit_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(pool) = pool else {
+            return Ok(false);
+        };
+        let delta = CountsDelta {
+            reserved: -1,
+            assigned: 1,
+            ..CountsDelta::default()
+        };
+        deltas.add(&pool, delta);
+        Ok(true)
+    }
+}
+
+impl Queries {
+    /// Moves one pool's counts by `delta`, in the caller's transaction.
+    async fn count(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        pool: &str,
+        delta: CountsDelta,
+    ) -> Result<(), EngineError> {
+        sqlx::query(AssertSqlSafe(self.counts.as_str()))
+            .bind(pool)
+            .bind(delta.available)
+            .bind(delta.reserved)
+            .bind(delta.assigned)
+            .bind(delta.retired)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Frees the unit `order_id` holds (locked first), adding the counts change to `deltas`.
+    /// With `only_assigned`, a held unit that is not assigned is refused instead. Returns the
+    /// freed unit, if the order held one.
+    async fn free_held(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        order_id: &str,
+        only_assigned: bool,
+        deltas: &mut Deltas,
+    ) -> Result<Option<String>, EngineError> {
+        let held: Option<(String, String, String)> =
+            sqlx::query_as(AssertSqlSafe(self.lock_held.as_str()))
+                .bind(order_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some((unit_id, pool, status)) = held else {
+            return Ok(None);
+        };
+        let assigned = status == "assigned";
+        if only_assigned && !assigned {
+            return Err(EngineError::NotAssigned(order_id.to_owned()));
+        }
+        sqlx::query(AssertSqlSafe(self.free_unit.as_str()))
+            .bind(&unit_id)
+            .execute(&mut *conn)
+            .await?;
+        let delta = CountsDelta {
+            available: 1,
+            reserved: if assigned { 0 } else { -1 },
+            assigned: if assigned { -1 } else { 0 },
+            ..CountsDelta::default()
+        };
+        deltas.add(&pool, delta);
+        Ok(Some(unit_id))
+    }
 }

@@ -780,3 +780,75 @@ both_backends!(
         held.rollback().await.expect("rollback");
     }
 );
+
+both_backends!(
+    writes_queued_together_share_a_commit_and_keep_their_own_answers,
+    |backend| async move {
+        let engine = engine(backend).await;
+        for pool in ["a", "b", "c"] {
+            pool_with(&engine, pool, 20).await;
+        }
+        engine.reserve("gone", "a", LONG).await.expect("reserve");
+        engine.release("gone").await.expect("release");
+        let commits_before = commits(&engine).await;
+        // 60 orders over three pools, plus a released order and an unknown pool in the same
+        // batches: each request gets its own answer, and each granted unit is the one the
+        // database says the order holds, in the pool it asked for.
+        let pools = ["a", "b", "c"];
+        let reserves = (0..60).map(|i| {
+            let engine = engine.clone();
+            let pool = pools[i % 3];
+            async move { (i, pool, engine.reserve(&format!("order-{i}"), pool, LONG).await) }
+        });
+        let odd_ones = async {
+            (
+                engine.reserve("gone", "a", LONG).await,
+                engine.reserve("lost", "nowhere", LONG).await,
+            )
+        };
+        let (granted, (gone, lost)) =
+            futures::future::join(futures::future::join_all(reserves), odd_ones).await;
+        assert!(matches!(gone, Err(EngineError::Released(_))), "{gone:?}");
+        assert!(matches!(lost, Err(EngineError::UnknownPool(_))), "{lost:?}");
+        for (i, pool, answer) in granted {
+            let unit = answer.expect("20 units per pool, 20 orders per pool").unit_id;
+            let (holder, held_pool): (Option<String>, String) =
+                sqlx::query_as("SELECT order_id, pool FROM units WHERE unit_id = $1")
+                    .bind(&unit)
+                    .fetch_one(engine.db().pool())
+                    .await
+                    .expect("unit");
+            assert_eq!(holder.as_deref(), Some(format!("order-{i}").as_str()), "{unit}");
+            assert_eq!(held_pool, pool);
+        }
+        for pool in pools {
+            assert_eq!(maintained(&engine, pool).await, (0, 20, 0));
+            assert_eq!(counted(&engine, pool).await, (0, 20, 0));
+        }
+        // On PostgreSQL, count the commits: 62 reserves queued at once took far fewer.
+        if let Some(before) = commits_before {
+            let used = commits(&engine).await.expect("commits") - before;
+            assert!(used < 40, "62 reserves took {used} commits");
+        }
+    }
+);
+
+/// Transactions committed in this test's PostgreSQL database so far (`None` on SQLite).
+async fn commits(engine: &Engine) -> Option<i64> {
+    if engine.db().backend() != order_saga_platform::db::Backend::Postgres {
+        return None;
+    }
+    // The statistics collector publishes a backend's counts when its transaction ends; a
+    // fresh snapshot is taken by clearing the cached one.
+    let mut conn = engine.db().pool().acquire().await.expect("connection");
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .expect("clear snapshot");
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .ok()
+}

@@ -12,7 +12,14 @@
 
 use std::time::Duration;
 
-use order_saga_platform::db::{Db, detached, is_unique_violation};
+use order_saga_platform::{
+    db::{Db, detached},
+    group_commit::{GroupCommit, GroupCommitConfig},
+};
+
+mod writes;
+
+use writes::{SagaWrite, SagaWriter, SagaWritten};
 
 use crate::history::{self, Append, EventKind, HistoryEvent, HistorySql, Transition};
 use order_saga_saga::{Leg, LegState, Phase, Reason, Saga, Side};
@@ -146,10 +153,14 @@ struct Queries {
 }
 
 /// The orders repository.
+///
+/// Creation and saga persists go through a [`GroupCommit`]: the writes of sagas that arrive
+/// while a transaction is in flight share the next one (see [`writes`]).
 #[derive(Debug, Clone)]
 pub struct OrderRepo {
     db: Db,
     sql: std::sync::Arc<Queries>,
+    writes: GroupCommit<SagaWriter>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -157,7 +168,8 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl OrderRepo {
-    /// A repository over a migrated order database.
+    /// A repository over a migrated order database. Starts the group-commit writers, so it
+    /// must be called inside a Tokio runtime.
     pub fn new(db: Db) -> Self {
         let sql = Queries {
             insert: db.sql(&format!(
@@ -166,6 +178,7 @@ impl OrderRepo {
                    epoch, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, 'pending', 'reserving', 'unknown', 'unknown', 0, $6, \
                    {{now}} + $7, 1, {{now}}, {{now}}) \
+                 ON CONFLICT DO NOTHING \
                  RETURNING {COLUMNS}"
             )),
             persist: db.sql(&format!(
@@ -208,9 +221,16 @@ impl OrderRepo {
             ),
             history: HistorySql::new(&db),
         };
+        let sql = std::sync::Arc::new(sql);
+        let writer = SagaWriter {
+            db: db.clone(),
+            sql: sql.clone(),
+        };
+        let config = GroupCommitConfig::default().for_backend(db.backend());
         Self {
+            writes: GroupCommit::start("orders", writer, config),
             db,
-            sql: std::sync::Arc::new(sql),
+            sql,
         }
     }
 
@@ -233,54 +253,16 @@ impl OrderRepo {
         owner: &str,
         lease: Duration,
     ) -> Result<Created, RepoError> {
-        let (this, order_id, order, owner) = (
-            self.clone(),
-            order_id.to_owned(),
-            order.clone(),
-            owner.to_owned(),
-        );
-        detached(async move { this.create_tx(&order_id, &order, &owner, lease).await }).await
-    }
-
-    async fn create_tx(
-        &self,
-        order_id: &str,
-        order: &NewOrder,
-        owner: &str,
-        lease: Duration,
-    ) -> Result<Created, RepoError> {
-        let mut tx = self.db.pool().begin().await?;
-        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert.as_str()))
-            .bind(order_id)
-            .bind(&order.idempotency_key)
-            .bind(&order.customer_id)
-            .bind(&order.food_id)
-            .bind(&order.zone)
-            .bind(owner)
-            .bind(ms(lease))
-            .fetch_one(&mut *tx)
-            .await;
-        let row = match inserted {
-            Ok(row) => row,
-            Err(e) if is_unique_violation(&e) => {
-                // The failed statement ended PostgreSQL's transaction; read outside it.
-                tx.rollback().await?;
-                return match self
-                    .by_key(&order.customer_id, &order.idempotency_key)
-                    .await?
-                {
-                    Some(existing) => Ok(Created::Existing(existing)),
-                    // The conflicting row vanished: impossible without deletes; surface it.
-                    None => Err(RepoError::Db(e)),
-                };
-            }
-            Err(e) => return Err(e.into()),
+        let write = SagaWrite::Create {
+            order_id: order_id.to_owned(),
+            order: order.clone(),
+            owner: owner.to_owned(),
+            lease,
         };
-        let created = decode(&row)?;
-        let transition = Transition::claim(EventKind::Created, None);
-        self.append(&mut tx, &created, &transition).await?;
-        tx.commit().await?;
-        Ok(Created::New(created))
+        match self.writes.submit(write).await? {
+            SagaWritten::Created(created) => Ok(created),
+            SagaWritten::Persisted(_) => Err(wrong_answer(order_id)),
+        }
     }
 
     /// Writes the saga state of the driver holding `record`, fenced on its owner **and**
@@ -296,69 +278,16 @@ impl OrderRepo {
         lease: Duration,
         transition: &Transition,
     ) -> Result<OrderRecord, RepoError> {
-        let (this, record, owner, transition) = (
-            self.clone(),
-            record.clone(),
-            owner.to_owned(),
-            transition.clone(),
-        );
-        detached(async move { this.persist_tx(&record, &owner, lease, &transition).await }).await
-    }
-
-    async fn persist_tx(
-        &self,
-        record: &OrderRecord,
-        owner: &str,
-        lease: Duration,
-        transition: &Transition,
-    ) -> Result<OrderRecord, RepoError> {
-        let saga = &record.saga;
-        let lease_ms = (!saga.phase.is_terminal()).then(|| ms(lease));
-        let mut tx = self.db.pool().begin().await?;
-        let row = sqlx::query(AssertSqlSafe(self.sql.persist.as_str()))
-            .bind(&record.order_id)
-            .bind(owner)
-            .bind(record.state().as_str())
-            .bind(saga.phase.as_str())
-            .bind(saga.store.state.as_str())
-            .bind(saga.delivery.state.as_str())
-            .bind(saga.store.unit.clone())
-            .bind(saga.delivery.unit.clone())
-            .bind(saga.reason.map(|r| r.as_str()))
-            .bind(record.detail.clone())
-            .bind(saga.last_transient.map(|s| s.as_str()))
-            .bind(record.attempts)
-            .bind(record.last_error.clone())
-            .bind(lease_ms)
-            .bind(record.epoch)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Err(RepoError::LostLease(record.order_id.clone()));
+        let write = SagaWrite::Persist {
+            record: Box::new(record.clone()),
+            owner: owner.to_owned(),
+            lease,
+            transition: transition.clone(),
         };
-        let persisted = decode(&row)?;
-        self.append(&mut tx, &persisted, transition).await?;
-        tx.commit().await?;
-        Ok(persisted)
-    }
-
-    /// Appends the history event of a write of `record` in that write's transaction.
-    async fn append(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        record: &OrderRecord,
-        transition: &Transition,
-    ) -> Result<(), RepoError> {
-        let event = Append {
-            order_id: &record.order_id,
-            epoch: record.epoch,
-            phase: record.saga.phase,
-            packet: record.saga.store.unit.as_deref(),
-            agent: record.saga.delivery.unit.as_deref(),
-            owner: record.lease_owner.as_deref().unwrap_or_default(),
-            transition,
-        };
-        Ok(history::append(&self.sql.history, conn, event).await?)
+        match self.writes.submit(write).await? {
+            SagaWritten::Persisted(persisted) => Ok(persisted),
+            SagaWritten::Created(_) => Err(wrong_answer(&record.order_id)),
+        }
     }
 
     /// Appends a claim event for each of `claimed`, then commits their claim.
@@ -370,7 +299,7 @@ impl OrderRepo {
     ) -> Result<(), RepoError> {
         for record in claimed {
             let transition = Transition::claim(kind, Some(record.saga.phase));
-            self.append(&mut tx, record, &transition).await?;
+            self.sql.append(&mut tx, record, &transition).await?;
         }
         tx.commit().await?;
         if !claimed.is_empty() {
@@ -408,7 +337,7 @@ impl OrderRepo {
                 calls: Vec::new(),
                 error: agent.map(|a| format!("agent {a} freed")),
             };
-            this.append(&mut tx, &record, &transition).await?;
+            this.sql.append(&mut tx, &record, &transition).await?;
             tx.commit().await?;
             Ok::<_, RepoError>(Some(record))
         })
@@ -701,6 +630,35 @@ pub struct OrderFilter {
     pub created_since: Option<i64>,
     /// An order id or an idempotency key.
     pub id_or_key: Option<String>,
+}
+
+impl Queries {
+    /// Appends the history event of a write of `record` in that write's transaction.
+    async fn append(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        record: &OrderRecord,
+        transition: &Transition,
+    ) -> Result<(), RepoError> {
+        let event = Append {
+            order_id: &record.order_id,
+            epoch: record.epoch,
+            phase: record.saga.phase,
+            packet: record.saga.store.unit.as_deref(),
+            agent: record.saga.delivery.unit.as_deref(),
+            owner: record.lease_owner.as_deref().unwrap_or_default(),
+            transition,
+        };
+        Ok(history::append(&self.history, conn, event).await?)
+    }
+}
+
+/// A write answered with another write's answer: a bug, reported as a corrupt row.
+fn wrong_answer(order_id: &str) -> RepoError {
+    RepoError::Corrupt(
+        order_id.to_owned(),
+        "a write was answered with another write's answer".into(),
+    )
 }
 
 fn decode(row: &AnyRow) -> Result<OrderRecord, RepoError> {
