@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use order_saga_saga::{Call, Command, Event, Phase, Saga, Side, Verdict, classify};
+use order_saga_saga::{Call, Command, Event, Phase, Saga, Side, Verdict, classify, round};
 use stateright::{Model, Property};
 
 use crate::{
@@ -437,13 +437,6 @@ impl fmt::Display for Action {
     }
 }
 
-/// The result of stepping one round of answers.
-struct Round {
-    saga: Saga,
-    commands: Vec<Command>,
-    transient: bool,
-}
-
 fn call_of(command: &Command) -> Call {
     match command {
         Command::Reserve(_) => Call::Reserve,
@@ -476,38 +469,6 @@ fn event_for(command: &Command, outcome: Outcome) -> Event {
         Outcome::Assigned => Event::Assigned { side },
         Outcome::Released => Event::Released { side },
         Outcome::Exhausted | Outcome::FailedPrecondition => failure(command, &outcome.status()),
-    }
-}
-
-/// `Orchestrator::drive`'s loop body after `join_all`: step every answer in command order, then
-/// the retry deadline if it passed after a transient failure, and dedup the next commands.
-fn round(saga: &Saga, events: &[Event], deadline: bool) -> Round {
-    let mut saga = saga.clone();
-    let mut commands = Vec::new();
-    let mut transient = false;
-    for event in events {
-        transient |= matches!(event, Event::Transient { .. });
-        let (next, mut cmds) = saga.step(event);
-        saga = next;
-        commands.append(&mut cmds);
-    }
-    if deadline && transient && !saga.phase.is_terminal() {
-        let (next, cmds) = saga.step(&Event::RetryDeadlinePassed);
-        if next.phase != saga.phase {
-            commands = cmds;
-        }
-        saga = next;
-    }
-    let mut seen = Vec::new();
-    commands.retain(|c| {
-        let new = !seen.contains(c);
-        seen.push(c.clone());
-        new
-    });
-    Round {
-        saga,
-        commands,
-        transient,
     }
 }
 

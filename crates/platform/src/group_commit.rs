@@ -110,7 +110,7 @@ impl<C: Committer> std::fmt::Debug for GroupCommit<C> {
 
 impl<C: Committer> GroupCommit<C> {
     /// Starts `config.writers` writer tasks over `committer`; `name` labels the batch-size
-    /// metric (`group_commit_batch_size{queue=name}`). The writers stop when every clone of the
+    /// metric (`saga_write_batch_size{queue=name}`). The writers stop when every clone of the
     /// returned handle is dropped and the queue is empty.
     pub fn start(name: &'static str, committer: C, config: GroupCommitConfig) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel::<Job<C>>();
@@ -127,11 +127,11 @@ impl<C: Committer> GroupCommit<C> {
                         return;
                     }
                     let jobs = std::mem::replace(&mut batch, Vec::with_capacity(max));
-                    metrics::histogram!("group_commit_batch_size", "queue" => name)
+                    metrics::histogram!("saga_write_batch_size", "queue" => name)
                         .record(jobs.len() as f64);
                     // A panic drops the batch's answer channels: its callers are told
                     // `WorkerCrashed`, and this writer takes the next batch.
-                    let _ = tokio::spawn(run(committer.clone(), jobs)).await;
+                    let _ = tokio::spawn(run(name, committer.clone(), jobs)).await;
                 }
             });
         }
@@ -151,7 +151,7 @@ impl<C: Committer> GroupCommit<C> {
 }
 
 /// Runs one batch and answers each of its jobs.
-async fn run<C: Committer>(committer: C, jobs: Vec<Job<C>>) {
+async fn run<C: Committer>(name: &'static str, committer: C, jobs: Vec<Job<C>>) {
     let (items, answers): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.item, j.answer)).unzip();
     if items.len() > 1 {
         match committer.run_batch(&items).await {
@@ -172,7 +172,7 @@ async fn run<C: Committer>(committer: C, jobs: Vec<Job<C>>) {
                 "batch failed as a whole; running its items one by one"
             ),
         }
-        metrics::counter!("group_commit_fallbacks_total").increment(1);
+        metrics::counter!("saga_write_batch_fallbacks_total", "queue" => name).increment(1);
     }
     for (item, answer) in items.iter().zip(answers) {
         let _ = answer.send(committer.run_one(item).await);

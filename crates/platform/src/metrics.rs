@@ -2,7 +2,8 @@
 //! (a bearer token of either role, like the admin API's reads).
 //!
 //! Code records with the `metrics` crate's macros (`counter!`, `histogram!`, `gauge!`);
-//! histograms whose name ends in `_seconds` get the [`LATENCY_BUCKETS`]. Values that are cheaper
+//! histograms whose name ends in `_seconds` get the [`LATENCY_BUCKETS`], those ending in
+//! `_batch_size` the [`BATCH_BUCKETS`]. Values that are cheaper
 //! to read than to track (queue depths, units per pool) are set by collectors registered with
 //! [`on_scrape`] or by the service's own loops. The names are listed in the README's metrics
 //! table and used by the Grafana dashboard in `deploy/grafana/`.
@@ -19,6 +20,9 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
 ];
 
+/// Bucket bounds of every `*_batch_size` histogram: 1 to 512 items.
+pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// A function run before each scrape, to set gauges from state read on demand; it answers
 /// `false` once what it reads is gone, and is then dropped.
 type Collector = Box<dyn Fn() -> bool + Send + Sync>;
@@ -34,6 +38,8 @@ pub fn install(service: &'static str) -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .add_global_label("service", service)
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .expect("the bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), &BATCH_BUCKETS)
                 .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();

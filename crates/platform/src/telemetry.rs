@@ -226,6 +226,39 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         trace_id = tracing::field::Empty,
         order_id = tracing::field::Empty,
     );
+    continue_trace(span, parent)
+}
+
+/// The current span's trace context as a W3C carrier (`traceparent`, `tracestate`), for a
+/// call that travels inside another (an item of a `Batch` call); empty when not tracing.
+pub fn trace_carrier() -> std::collections::HashMap<String, String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier
+}
+
+/// The span a server opens for one call carried inside another (an item of a `Batch` call),
+/// as if it had arrived alone at `path`: a root in this process (not inside the carrying
+/// request's span, which belongs to another order's trace) continuing the trace in `carrier`.
+pub fn carried_call_span(
+    path: &str,
+    carrier: &std::collections::HashMap<String, String>,
+) -> tracing::Span {
+    let parent = global::get_text_map_propagator(|p| p.extract(carrier));
+    let span = tracing::info_span!(
+        parent: None,
+        "grpc.request",
+        otel.kind = "server",
+        rpc.path = %path,
+        trace_id = tracing::field::Empty,
+        order_id = tracing::field::Empty,
+    );
+    continue_trace(span, parent)
+}
+
+/// Makes `span` continue the trace of `parent` and records its trace id.
+fn continue_trace(span: tracing::Span, parent: opentelemetry::Context) -> tracing::Span {
     // Fails only when the span is disabled by the filter; nothing to propagate then.
     let _ = span.set_parent(parent);
     let trace_id = span.context().span().span_context().trace_id();

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use order_saga_platform::{db::status_from_db_error, validate_id};
+use order_saga_platform::{db::status_from_db_error, telemetry::carried_call_span, validate_id};
 use order_saga_proto::reservation::v1::{
-    AssignRequest, AssignResponse, CompleteRequest, CompleteResponse, GetLimitsRequest, Limits,
-    ReleaseRequest, ReleaseResponse, ReserveRequest, ReserveResponse,
+    AssignRequest, AssignResponse, BatchItem, BatchRequest, BatchResponse, BatchResult,
+    CompleteRequest, CompleteResponse, GetLimitsRequest, Limits, ReleaseRequest, ReleaseResponse,
+    ReserveRequest, ReserveResponse, batch_item, batch_result,
     reservation_service_server::ReservationService,
 };
 use order_saga_saga::Refusal;
@@ -16,6 +17,9 @@ use crate::{Engine, EngineError};
 
 /// Longest id a client may send.
 pub const MAX_ID_LEN: usize = 64;
+
+/// Most items one `Batch` call may carry.
+pub const MAX_BATCH_ITEMS: usize = 512;
 
 impl From<EngineError> for Status {
     fn from(err: EngineError) -> Self {
@@ -115,8 +119,73 @@ fn ttl_from_proto(ttl: prost_types::Duration) -> Result<Duration, Status> {
     Duration::try_from(ttl).map_err(|_| negative())
 }
 
+/// A batch item's answer: its unary call's status and, on success, its response.
+fn batch_result<T>(
+    answer: Result<Response<T>, Status>,
+    wrap: impl FnOnce(T) -> batch_result::Response,
+) -> BatchResult {
+    match answer {
+        Ok(response) => BatchResult {
+            response: Some(wrap(response.into_inner())),
+            ..BatchResult::default()
+        },
+        Err(status) => BatchResult {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details: status.details().to_vec(),
+            response: None,
+        },
+    }
+}
+
+impl ReservationGrpc {
+    /// Answers one item of a batch through the item's own unary handler, so a batched call
+    /// is validated, executed and classified exactly as the unary one.
+    async fn batch_item(&self, item: BatchItem) -> BatchResult {
+        use batch_result::Response as Answer;
+        use tracing::Instrument;
+        let path = |call: &str| format!("/reservation.v1.ReservationService/{call}");
+        // Each item continues its own saga's trace, as its unary call would.
+        let span = |call: &str| carried_call_span(&path(call), &item.trace_context);
+        match item.call {
+            Some(batch_item::Call::Reserve(r)) => {
+                let answer = self.reserve(Request::new(r)).instrument(span("Reserve"));
+                batch_result(answer.await, Answer::Reserve)
+            }
+            Some(batch_item::Call::Assign(r)) => {
+                let answer = self.assign(Request::new(r)).instrument(span("Assign"));
+                batch_result(answer.await, Answer::Assign)
+            }
+            Some(batch_item::Call::Release(r)) => {
+                let answer = self.release(Request::new(r)).instrument(span("Release"));
+                batch_result(answer.await, Answer::Release)
+            }
+            None => batch_result::<()>(
+                Err(Refusal::Rejected.status("a batch item names no call")),
+                |()| Answer::Release(ReleaseResponse::default()),
+            ),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ReservationService for ReservationGrpc {
+    async fn batch(
+        &self,
+        request: Request<BatchRequest>,
+    ) -> Result<Response<BatchResponse>, Status> {
+        let items = request.into_inner().items;
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(Refusal::Rejected
+                .status(format!("a batch carries at most {MAX_BATCH_ITEMS} items")));
+        }
+        // All at once: the engine's group commit runs the writes that arrive together in one
+        // transaction.
+        let results =
+            futures::future::join_all(items.into_iter().map(|item| self.batch_item(item))).await;
+        Ok(Response::new(BatchResponse { results }))
+    }
+
     async fn reserve(
         &self,
         request: Request<ReserveRequest>,

@@ -798,7 +798,13 @@ both_backends!(
         let reserves = (0..60).map(|i| {
             let engine = engine.clone();
             let pool = pools[i % 3];
-            async move { (i, pool, engine.reserve(&format!("order-{i}"), pool, LONG).await) }
+            async move {
+                (
+                    i,
+                    pool,
+                    engine.reserve(&format!("order-{i}"), pool, LONG).await,
+                )
+            }
         });
         let odd_ones = async {
             (
@@ -811,14 +817,20 @@ both_backends!(
         assert!(matches!(gone, Err(EngineError::Released(_))), "{gone:?}");
         assert!(matches!(lost, Err(EngineError::UnknownPool(_))), "{lost:?}");
         for (i, pool, answer) in granted {
-            let unit = answer.expect("20 units per pool, 20 orders per pool").unit_id;
+            let unit = answer
+                .expect("20 units per pool, 20 orders per pool")
+                .unit_id;
             let (holder, held_pool): (Option<String>, String) =
                 sqlx::query_as("SELECT order_id, pool FROM units WHERE unit_id = $1")
                     .bind(&unit)
                     .fetch_one(engine.db().pool())
                     .await
                     .expect("unit");
-            assert_eq!(holder.as_deref(), Some(format!("order-{i}").as_str()), "{unit}");
+            assert_eq!(
+                holder.as_deref(),
+                Some(format!("order-{i}").as_str()),
+                "{unit}"
+            );
             assert_eq!(held_pool, pool);
         }
         for pool in pools {

@@ -18,12 +18,14 @@
 
 pub mod auth;
 pub mod contract;
+mod round;
 
 pub use auth::BearerToken;
 pub use contract::{
     Call, ClientRetry, ERROR_DOMAIN, Refusal, Verdict, busy, classify, classify_code,
     client_may_retry, client_retry, retry_hint,
 };
+pub use round::{Round, round};
 
 /// A participant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -134,6 +134,10 @@ pub struct OrderArgs {
     /// Sagas this instance drives at once (requests, operator actions and recovery).
     #[arg(long, env = "ORDER_MAX_SAGAS", default_value_t = 256)]
     pub max_sagas: usize,
+    /// Send the saga steps bound for one participant together, in `Batch` calls (`false`:
+    /// one unary call per step, for participants that predate `Batch`).
+    #[arg(long, env = "ORDER_BATCH_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub batch_calls: bool,
     /// Connections each listener holds open at once; more wait in the accept queue.
     #[arg(long, env = "ORDER_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -256,6 +260,7 @@ impl OrderArgs {
         s.saga.reservation_ttl = self.reservation_ttl;
         s.saga.lease = self.lease;
         s.saga.max_sagas = self.max_sagas;
+        s.saga.batch_calls = self.batch_calls;
         s.call_timeout = self.call_timeout;
         s.participant_check_wait = self.participant_check_wait;
         s.place_timeout = self.place_timeout;

@@ -13,6 +13,7 @@
 //! - [`recovery`]: claims unfinished sagas whose lease ran out (a crashed or stopped instance)
 //!   and finishes them. Any number of instances may share one database.
 
+pub mod calls;
 pub mod catalogue;
 pub mod config;
 pub mod console;

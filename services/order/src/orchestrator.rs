@@ -12,10 +12,11 @@ use std::{sync::Arc, time::Duration};
 use futures::future::join_all;
 use order_saga_platform::telemetry::TracePropagation;
 use order_saga_proto::reservation::v1::{
-    AssignRequest, CompleteRequest, GetLimitsRequest, Limits, ReleaseRequest, ReserveRequest,
+    AssignRequest, AssignResponse, CompleteRequest, GetLimitsRequest, Limits, ReleaseRequest,
+    ReleaseResponse, ReserveRequest, ReserveResponse,
     reservation_service_client::ReservationServiceClient,
 };
-use order_saga_saga::{Call, Command, Event, Saga, Side, Verdict, classify, retry_hint};
+use order_saga_saga::{Call, Command, Event, Side, Verdict, classify, retry_hint, round};
 use rand::Rng;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -24,6 +25,7 @@ use tokio::{
 use tonic::{Status, codegen::InterceptedService, transport::Channel};
 
 use crate::{
+    calls::Coalescer,
     history::{CallRecord, EventKind, Transition},
     repo::{OrderRecord, OrderRepo, RepoError},
     stats::{Step, StepStats},
@@ -52,6 +54,9 @@ pub struct SagaConfig {
     /// Most sagas this instance drives at once (requests, operators and recovery together);
     /// the rest wait for a slot, or are answered busy.
     pub max_sagas: usize,
+    /// Coalesce the steps bound for one participant into `Batch` calls (else one unary call
+    /// per step).
+    pub batch_calls: bool,
 }
 
 impl Default for SagaConfig {
@@ -63,6 +68,7 @@ impl Default for SagaConfig {
             backoff_max: Duration::from_secs(1),
             compensation_budget: Duration::from_secs(10),
             max_sagas: 256,
+            batch_calls: true,
         }
     }
 }
@@ -78,6 +84,9 @@ struct Inner {
     repo: OrderRepo,
     store: ParticipantClient,
     delivery: ParticipantClient,
+    /// The saga steps bound for each participant, coalesced into `Batch` calls.
+    store_calls: Option<Coalescer>,
+    delivery_calls: Option<Coalescer>,
     config: SagaConfig,
     instance: String,
     /// One permit per saga this instance may drive at once.
@@ -102,7 +111,8 @@ struct Answer {
 }
 
 impl Orchestrator {
-    /// An orchestrator identified as `instance` (the lease owner name).
+    /// An orchestrator identified as `instance` (the lease owner name). Starts the senders of
+    /// the coalesced participant calls, so it must be called inside a Tokio runtime.
     pub fn new(
         repo: OrderRepo,
         store: ParticipantClient,
@@ -114,6 +124,12 @@ impl Orchestrator {
         Self {
             inner: Arc::new(Inner {
                 repo,
+                store_calls: config
+                    .batch_calls
+                    .then(|| Coalescer::start("store", store.clone())),
+                delivery_calls: config
+                    .batch_calls
+                    .then(|| Coalescer::start("delivery", delivery.clone())),
                 store,
                 delivery,
                 config,
@@ -200,7 +216,7 @@ impl Orchestrator {
         let started = Instant::now();
         let retry_deadline = started + cfg.reservation_ttl;
         let mut compensation_started: Option<Instant> = None;
-        let mut round: u32 = 0;
+        let mut retry_round: u32 = 0;
         // Resume may change the state (a reserving saga asks both sides again); the change is
         // persisted with the answers of the first round, before any further call.
         let (resumed, mut commands) = record.saga.step(&Event::Resume);
@@ -209,17 +225,16 @@ impl Orchestrator {
         while !commands.is_empty() {
             let answers = join_all(commands.iter().map(|c| self.execute(&record, c))).await;
 
-            let mut saga: Saga = record.saga.clone();
-            let mut next = Vec::new();
             let mut transient = false;
             // The longest delay a busy participant asked for this round.
             let mut asked_delay = Duration::ZERO;
             let mut transition = Transition {
                 kind: EventKind::Step,
-                from: Some(saga.phase),
+                from: Some(record.saga.phase),
                 calls: Vec::with_capacity(answers.len()),
                 error: None,
             };
+            let mut events = Vec::with_capacity(answers.len());
             for answer in answers {
                 metrics::counter!(
                     "saga_participant_calls_total",
@@ -249,26 +264,21 @@ impl Orchestrator {
                     transition.error = Some(error.clone());
                     record.last_error = Some(error);
                 }
-                let (s, mut cmds) = saga.step(&answer.event);
-                saga = s;
-                next.append(&mut cmds);
+                events.push(answer.event);
             }
-            // Forward progress is bounded by the reservations' lifetime.
-            if transient && !saga.phase.is_terminal() && Instant::now() >= retry_deadline {
-                let (s, cmds) = saga.step(&Event::RetryDeadlinePassed);
-                if s.phase != saga.phase {
-                    tracing::warn!(reason = ?s.reason, "retry deadline passed, compensating");
-                    let last = transition.error.take().unwrap_or_default();
-                    transition.error = Some(format!("retry deadline passed; last error: {last}"));
-                    if let Some(error) = &record.last_error {
-                        record.detail.get_or_insert(error.clone());
-                    }
-                    next = cmds;
+            // The pure round (shared with the model check): step the answers in command
+            // order; forward progress is bounded by the reservations' lifetime.
+            let stepped = round(&record.saga, &events, Instant::now() >= retry_deadline);
+            if stepped.deadline_compensated {
+                tracing::warn!(reason = ?stepped.saga.reason, "retry deadline passed, compensating");
+                let last = transition.error.take().unwrap_or_default();
+                transition.error = Some(format!("retry deadline passed; last error: {last}"));
+                if let Some(error) = &record.last_error {
+                    record.detail.get_or_insert(error.clone());
                 }
-                saga = s;
             }
-            record.saga = saga;
-            dedup(&mut next);
+            record.saga = stepped.saga;
+            let next = stepped.commands;
 
             record = self.persist(&record, &transition).await?;
             if record.saga.phase.is_terminal() && transition.from.is_some_and(|p| !p.is_terminal())
@@ -284,9 +294,11 @@ impl Orchestrator {
                 }
             }
             if transient {
-                round += 1;
+                retry_round += 1;
                 // A busy participant's RetryInfo is a floor: coming back sooner only adds load.
-                let delay = self.backoff(round).max(asked_delay.min(MAX_HONOURED_DELAY));
+                let delay = self
+                    .backoff(retry_round)
+                    .max(asked_delay.min(MAX_HONOURED_DELAY));
                 tokio::time::sleep(delay).await;
             }
             commands = next;
@@ -373,7 +385,13 @@ impl Orchestrator {
 
     async fn call(&self, record: &OrderRecord, command: &Command) -> Answer {
         let side = command.side();
-        let mut client = self.client(side);
+        let calls = Calls {
+            coalesced: match side {
+                Side::Store => self.inner.store_calls.as_ref(),
+                Side::Delivery => self.inner.delivery_calls.as_ref(),
+            },
+            unary: self.client(side),
+        };
         let order_id = record.order_id.clone();
         let (call, result) = match command {
             Command::Reserve(_) => {
@@ -382,17 +400,17 @@ impl Orchestrator {
                     Side::Delivery => record.request.zone.clone(),
                 };
                 let ttl = prost_types::Duration::try_from(self.inner.config.reservation_ttl).ok();
-                let r = client
+                let r = calls
                     .reserve(ReserveRequest {
                         order_id,
                         pool,
                         ttl,
                     })
                     .await;
-                (Call::Reserve, r.map(|r| Some(r.into_inner().unit_id)))
+                (Call::Reserve, r.map(|r| Some(r.unit_id)))
             }
             Command::Assign(_, unit) => {
-                let r = client
+                let r = calls
                     .assign(AssignRequest {
                         order_id,
                         unit_id: unit.clone(),
@@ -401,7 +419,7 @@ impl Orchestrator {
                 (Call::Assign, r.map(|_| None))
             }
             Command::Release(_) => {
-                let r = client.release(ReleaseRequest { order_id }).await;
+                let r = calls.release(ReleaseRequest { order_id }).await;
                 (Call::Release, r.map(|_| None))
             }
         };
@@ -449,6 +467,35 @@ impl Orchestrator {
     }
 }
 
+/// One participant's calls: coalesced into `Batch` calls, or unary.
+struct Calls<'a> {
+    coalesced: Option<&'a Coalescer>,
+    unary: ParticipantClient,
+}
+
+impl Calls<'_> {
+    async fn reserve(mut self, r: ReserveRequest) -> Result<ReserveResponse, Status> {
+        match self.coalesced {
+            Some(c) => c.reserve(r).await,
+            None => Ok(self.unary.reserve(r).await?.into_inner()),
+        }
+    }
+
+    async fn assign(mut self, r: AssignRequest) -> Result<AssignResponse, Status> {
+        match self.coalesced {
+            Some(c) => c.assign(r).await,
+            None => Ok(self.unary.assign(r).await?.into_inner()),
+        }
+    }
+
+    async fn release(mut self, r: ReleaseRequest) -> Result<ReleaseResponse, Status> {
+        match self.coalesced {
+            Some(c) => c.release(r).await,
+            None => Ok(self.unary.release(r).await?.into_inner()),
+        }
+    }
+}
+
 fn answer_for_error(side: Side, call: Call, status: &Status) -> Answer {
     let error = format!(
         "{} {}: {:?}: {}",
@@ -489,9 +536,4 @@ fn count_outcome(record: &OrderRecord) {
         "reason" => reason,
     )
     .increment(1);
-}
-
-fn dedup(commands: &mut Vec<Command>) {
-    let mut seen = std::collections::HashSet::new();
-    commands.retain(|c| seen.insert(c.clone()));
 }

@@ -7,6 +7,7 @@
 
 pub mod ceiling;
 pub mod cluster;
+pub mod cost;
 pub mod load;
 pub mod usage;
 
@@ -361,6 +362,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let pg_cpu_before = usage::cpu_seconds_of_all("postgres");
     let me_before = usage::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let steps_before = step_histograms(&admin, &order_admin_url).await?;
+    let scraped = [
+        ("order", &order_admin_url),
+        // The stocking URLs are the participants' admin listeners.
+        ("store", &store_url),
+        ("delivery", &delivery_url),
+    ];
+    let db_urls = cluster.as_ref().map(|c| &c.urls);
+    let pg_server = pg_url
+        .as_deref()
+        .filter(|_| args.backend == Backend::Postgres);
+    let counters_before = cost::read(pg_server, db_urls, admin_token.as_deref(), scraped).await;
 
     let bar = ProgressBar::new(args.duration.as_secs());
     bar.set_style(
@@ -387,19 +399,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let pg_cpu = usage::cpu_seconds_of_all("postgres") - pg_cpu_before;
     let me_cpu = usage::cpu_seconds(std::process::id()).unwrap_or(0.0) - me_before;
     let steps_after = step_histograms(&admin, &order_admin_url).await?;
+    let counters_after = cost::read(pg_server, db_urls, admin_token.as_deref(), scraped).await;
     eprintln!("bench: waiting for the orders in flight");
     load.await?;
-    save_scrapes(
-        &dir,
-        admin_token.as_deref(),
-        [
-            ("order", &order_admin_url),
-            // The stocking URLs are the participants' admin listeners.
-            ("store", &store_url),
-            ("delivery", &delivery_url),
-        ],
-    )
-    .await;
+    save_scrapes(&dir, admin_token.as_deref(), scraped).await;
 
     // Figures.
     let seconds = recorder.seconds();
@@ -428,6 +431,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let secs = args.duration.as_secs_f64();
     let completed = placed + not_placed;
+    let cost = cost::between(&counters_before, &counters_after, completed);
     let mut steps = Vec::new();
     for (name, after) in &steps_after {
         let mut h = after.clone();
@@ -550,6 +554,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         services,
         decay,
         invariants,
+        cost: Some(cost),
     };
     if let Some(c) = cluster {
         let urls = c.urls.clone();
@@ -577,42 +582,47 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// One service's metrics scrape from its admin listener at `url` (`http://host:port`), or
+/// `None` (reported) when it cannot be had.
+pub(crate) async fn scrape(url: &str, token: Option<&str>) -> Option<String> {
+    let bearer = format!("Bearer {}", token.unwrap_or_default());
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse::<std::net::SocketAddr>();
+    let Ok(addr) = addr else {
+        eprintln!("bench: no metrics from {url}: not http://host:port");
+        return None;
+    };
+    let answer = order_saga_testkit::http::http(
+        addr,
+        "GET",
+        "/metrics",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    if answer.status != 200 {
+        eprintln!("bench: metrics of {url}: HTTP {}", answer.status);
+        return None;
+    }
+    Some(answer.body)
+}
+
 /// Saves each service's metrics scrape after the run as `metrics-<service>.txt` beside the
 /// report, and prints the order outcomes it counted. A scrape that fails is reported, not fatal:
 /// the figures come from the bench's own measurements.
 async fn save_scrapes(dir: &Path, token: Option<&str>, services: [(&str, &String); 3]) {
-    let bearer = format!("Bearer {}", token.unwrap_or_default());
     for (name, url) in services {
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse::<std::net::SocketAddr>();
-        let Ok(addr) = addr else {
-            eprintln!("bench: no metrics from {name}: {url} is not http://host:port");
+        let Some(body) = scrape(url, token).await else {
             continue;
         };
-        let answer = order_saga_testkit::http::http(
-            addr,
-            "GET",
-            "/metrics",
-            &[("authorization", &bearer)],
-            None,
-        )
-        .await;
-        if answer.status != 200 {
-            eprintln!("bench: metrics of {name}: HTTP {}", answer.status);
-            continue;
-        }
         let path = dir.join(format!("metrics-{name}.txt"));
-        if let Err(e) = std::fs::write(&path, &answer.body) {
+        if let Err(e) = std::fs::write(&path, &body) {
             eprintln!("bench: cannot write {}: {e}", path.display());
         }
         if name == "order" {
-            for line in answer
-                .body
-                .lines()
-                .filter(|l| l.starts_with("saga_orders_total"))
-            {
+            for line in body.lines().filter(|l| l.starts_with("saga_orders_total")) {
                 println!("metrics: {line}");
             }
         }

@@ -303,6 +303,67 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
         );
     }
 
+    // Cost model.
+    if let Some(cost) = &report.cost {
+        h.push_str("<h2>Cost per order</h2>\n");
+        let mut rows: Vec<Vec<String>> = cost
+            .commits
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("durable commits: {}", esc(&c.name)),
+                    fmt_num(c.total),
+                    fmt_num(c.per_order),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "participant calls (saga steps)".to_owned(),
+            String::new(),
+            fmt_num(cost.participant_calls_per_order),
+        ]);
+        html_table(
+            &mut h,
+            "",
+            &["what", "over the window", "per order"],
+            &rows,
+            &[1, 2],
+        );
+        let rows: Vec<Vec<String>> = cost
+            .batches
+            .iter()
+            .map(|b| {
+                let histogram = b
+                    .histogram
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(le, n)| format!("≤{}: {n}", esc(le)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                vec![
+                    esc(&b.what),
+                    fmt_num(b.batches_per_order),
+                    fmt_num(b.items_per_order),
+                    fmt_num(b.mean_batch),
+                    histogram,
+                ]
+            })
+            .collect();
+        html_table(
+            &mut h,
+            "",
+            &[
+                "batched",
+                "batches / order",
+                "items / order",
+                "mean batch",
+                "batches by size",
+            ],
+            &rows,
+            &[1, 2, 3],
+        );
+    }
+
     // Decay.
     if let Some(d) = &report.decay {
         h.push_str("<h2>Decay</h2>\n");

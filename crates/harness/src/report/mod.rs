@@ -48,6 +48,48 @@ pub struct Report {
     pub decay: Option<Decay>,
     /// The result of the post-run invariant check.
     pub invariants: Invariants,
+    /// What one order cost in commits, write transactions and participant calls.
+    #[serde(default)]
+    pub cost: Option<Cost>,
+}
+
+/// What one completed order cost over the measured window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cost {
+    /// Durable commits per database (`pg_stat_database.xact_commit` deltas; PostgreSQL only),
+    /// and `all` summed over the three.
+    pub commits: Vec<PerOrder>,
+    /// Each group commit and call coalescer: how many batches and items per order, and the
+    /// batch-size histogram.
+    pub batches: Vec<Batching>,
+    /// Participant calls the sagas made (saga steps, batched or not) per order.
+    pub participant_calls_per_order: f64,
+}
+
+/// A count over the window and its value per order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PerOrder {
+    /// What was counted.
+    pub name: String,
+    /// Over the window.
+    pub total: f64,
+    /// Per completed order.
+    pub per_order: f64,
+}
+
+/// One batching point: a group commit (transactions) or a call coalescer (`Batch` RPCs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batching {
+    /// What is batched, e.g. "store database writes".
+    pub what: String,
+    /// Batches (transactions or RPCs) per completed order.
+    pub batches_per_order: f64,
+    /// Items (writes or calls) per completed order.
+    pub items_per_order: f64,
+    /// Items per batch, on average.
+    pub mean_batch: f64,
+    /// Batches per size bucket over the window: (upper bound `le`, batches).
+    pub histogram: Vec<(String, u64)>,
 }
 
 /// One named setting, e.g. `("synchronous_commit", "on")`.

@@ -74,6 +74,29 @@ pub(super) fn summary_table(report: &Report) -> comfy_table::Table {
             ),
         );
     }
+    if report.services.len() > 1 {
+        let box_cpu: f64 = report.services.iter().map(|s| s.cpu_ms_per_order).sum();
+        row("whole box CPU ms/order", fmt_num(box_cpu));
+    }
+    if let Some(cost) = &report.cost {
+        for c in &cost.commits {
+            row(&format!("commits/order: {}", c.name), fmt_num(c.per_order));
+        }
+        row(
+            "participant calls/order",
+            fmt_num(cost.participant_calls_per_order),
+        );
+        for b in &cost.batches {
+            row(
+                &format!("{}: batches/order (mean batch)", b.what),
+                format!(
+                    "{} ({})",
+                    fmt_num(b.batches_per_order),
+                    fmt_num(b.mean_batch)
+                ),
+            );
+        }
+    }
     let inv = &report.invariants;
     row(
         "invariants",

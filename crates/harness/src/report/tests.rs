@@ -121,6 +121,21 @@ pub(super) fn sample() -> Report {
             checked: true,
             violations: vec![],
         },
+        cost: Some(Cost {
+            commits: vec![PerOrder {
+                name: "all".into(),
+                total: 6000.0,
+                per_order: 1.2,
+            }],
+            batches: vec![Batching {
+                what: "store database writes".into(),
+                batches_per_order: 0.1,
+                items_per_order: 2.0,
+                mean_batch: 20.0,
+                histogram: vec![("16".into(), 3), ("32".into(), 7)],
+            }],
+            participant_calls_per_order: 4.0,
+        }),
     }
 }
 
@@ -150,6 +165,9 @@ fn renders_sample() {
         "38.5",
         "0.93",
         "throughput",
+        "Cost per order",
+        "store database writes",
+        "≤32: 7",
     ] {
         assert!(
             html.to_lowercase().contains(&needle.to_lowercase()),
