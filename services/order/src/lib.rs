@@ -175,7 +175,7 @@ impl OrderApp {
         let delivery = channel("delivery", &settings.delivery_url, &settings)?;
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
         let orchestrator = Orchestrator::new(
-            OrderRepo::new(db),
+            OrderRepo::with_write_batch(db, settings.write_batch),
             ReservationServiceClient::with_interceptor(store.clone(), TracePropagation),
             ReservationServiceClient::with_interceptor(delivery.clone(), TracePropagation),
             settings.saga.clone(),

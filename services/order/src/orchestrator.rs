@@ -68,7 +68,7 @@ impl Default for SagaConfig {
             backoff_max: Duration::from_secs(1),
             compensation_budget: Duration::from_secs(10),
             max_sagas: 256,
-            batch_calls: true,
+            batch_calls: false,
         }
     }
 }

@@ -168,9 +168,15 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl OrderRepo {
-    /// A repository over a migrated order database. Starts the group-commit writers, so it
-    /// must be called inside a Tokio runtime.
+    /// A repository over a migrated order database, a transaction per write. Starts the
+    /// group-commit writers, so it must be called inside a Tokio runtime.
     pub fn new(db: Db) -> Self {
+        Self::with_write_batch(db, 1)
+    }
+
+    /// A repository whose saga writes share transactions, up to `write_batch` each (`1`: a
+    /// transaction per write, as many at once as the pool has connections).
+    pub fn with_write_batch(db: Db, write_batch: usize) -> Self {
         let sql = Queries {
             insert: db.sql(&format!(
                 "INSERT INTO orders (order_id, idempotency_key, customer_id, food_id, zone, state, \
@@ -226,7 +232,19 @@ impl OrderRepo {
             db: db.clone(),
             sql: sql.clone(),
         };
-        let config = GroupCommitConfig::default().for_backend(db.backend());
+        let config = match write_batch {
+            0 | 1 => GroupCommitConfig {
+                writers: usize::try_from(db.pool().options().get_max_connections()).unwrap_or(16),
+                max_batch: 1,
+            },
+            // Four writers: each batch runs its statements one after another, so more
+            // writers mean shorter waits; orders compete for nothing here.
+            n => GroupCommitConfig {
+                writers: 4,
+                max_batch: n,
+            },
+        }
+        .for_backend(db.backend());
         Self {
             writes: GroupCommit::start("orders", writer, config),
             db,

@@ -78,6 +78,9 @@ pub struct ClusterOptions {
     pub max_sagas: usize,
     /// Connections, streams and health watches every listener holds open at most.
     pub connections: ConnectionLimits,
+    /// The batched engine: group commit at the participants and the order database
+    /// (`<SERVICE>_WRITE_BATCH=128`) and `Batch` calls (`ORDER_BATCH_CALLS=true`).
+    pub batched: bool,
 }
 
 impl Default for ClusterOptions {
@@ -91,6 +94,7 @@ impl Default for ClusterOptions {
             participant_admission: AdmissionConfig::default(),
             max_sagas: order_service::orchestrator::SagaConfig::default().max_sagas,
             connections: ConnectionLimits::default(),
+            batched: false,
         }
     }
 }
@@ -215,6 +219,9 @@ impl Cluster {
             s.limits.admission = options.participant_admission.clone();
             s.limits.admin_tokens = admin_tokens();
             s.limits.connections = options.connections.clone();
+            if options.batched {
+                s.write_batch = 128;
+            }
             s
         };
         let store = store_service::build(bind(true).await, participant(&urls.store, &certs.store))
@@ -250,6 +257,10 @@ impl Cluster {
         settings.limits.connections = options.connections.clone();
         settings.recovery.interval = options.recovery_interval;
         settings.db.max_connections = TEST_POOL_SIZE;
+        if options.batched {
+            settings.write_batch = 128;
+            settings.saga.batch_calls = true;
+        }
         let order = order_service::OrderApp::build(bind(false).await, settings)
             .await
             .expect("build order");

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use order_saga_e2e::{Cluster, ClusterOptions, pb_duration};
-use order_saga_platform::both_backends;
+use order_saga_platform::{both_backends, testing::TestBackend};
 use order_saga_proto::{
     order::v1::{
         ForceFailOrderRequest, GetOrderHistoryRequest, ListOrdersRequest, ListStuckOrdersRequest,
@@ -295,8 +295,25 @@ both_backends!(
 
 both_backends!(
     concurrent_orders_place_exactly_the_stock,
+    |backend| async move { place_exactly_the_stock(backend, ClusterOptions::default()).await }
+);
+
+both_backends!(
+    the_batched_engine_places_exactly_the_stock,
     |backend| async move {
-        let cluster = Cluster::start(backend, ClusterOptions::default()).await;
+        let batched = ClusterOptions {
+            batched: true,
+            ..ClusterOptions::default()
+        };
+        place_exactly_the_stock(backend, batched).await
+    }
+);
+
+/// 200 concurrent orders for 50 packets and 80 agents place exactly 50, replay to the same
+/// outcomes, and leave the counts exact.
+async fn place_exactly_the_stock(backend: TestBackend, options: ClusterOptions) {
+    {
+        let cluster = Cluster::start(backend, options).await;
         cluster.add_food("pizza", 50).await;
         cluster.add_agents("north", 80).await;
         let client = cluster.orders().await;
@@ -352,7 +369,7 @@ both_backends!(
         assert_eq!(zone_counts(&cluster, "north").await, (30, 0, 50));
         cluster.stop().await;
     }
-);
+}
 
 both_backends!(
     recovery_finishes_a_saga_abandoned_after_reserving,

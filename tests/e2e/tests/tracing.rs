@@ -27,7 +27,13 @@ async fn one_order_is_one_trace_across_the_three_services() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("e2e")));
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber here");
 
-    let cluster = Cluster::start(TestBackend::Sqlite, ClusterOptions::default()).await;
+    // Batched: each saga's calls travel as items of `Batch` calls and must still continue the
+    // order's trace (the unary path is the same server span without the batch around it).
+    let batched = ClusterOptions {
+        batched: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(TestBackend::Sqlite, batched).await;
     cluster.add_food("pizza", 1).await;
     cluster.add_agents("north", 1).await;
     let order = cluster
