@@ -115,9 +115,11 @@ pub struct ParticipantArgs {
     /// Public catalogue requests admitted per second at most (the rest wait their turn, then
     /// are answered busy): callers that never wait for an answer cannot take the CPU the
     /// orchestrator's calls need. Sized for two cores running the dev build `make run` uses
-    /// (each read costs about a millisecond of CPU there, client included); raise it with the
-    /// hardware.
-    #[arg(long, default_value_t = 100)]
+    /// (each read costs about a millisecond of CPU there, client included): halved from 100
+    /// when ordering got cheaper, because the same reads then took a larger share of what
+    /// ordering could use (the flood test measured 74-80% of quiet ordering at 100/s); raise
+    /// it with the hardware.
+    #[arg(long, default_value_t = 50)]
     pub public_max_per_second: u32,
     /// Connections each listener holds open at once; more wait in the accept queue.
     #[arg(long, default_value_t = 1024)]
@@ -317,7 +319,7 @@ impl ParticipantSettings {
                     max_in_flight: 16,
                     max_queued: 1024,
                     queue_wait: Duration::from_secs(1),
-                    max_per_second: Some(100),
+                    max_per_second: Some(50),
                     ..AdmissionConfig::default()
                 }),
                 ..ServerLimits::default()
