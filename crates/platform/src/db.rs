@@ -80,25 +80,12 @@ impl Backend {
         }
     }
 
-    /// For the `RETURNING` list of an `INSERT ... ON CONFLICT DO UPDATE`: 1 when the row was
-    /// inserted, 0 when an existing row was updated, as a `BIGINT`. PostgreSQL tells from the
-    /// row's `xmax` (0 for a row this statement created); SQLite cannot tell, and always says 0
-    /// (so a caller that skips work for fresh rows does it all there).
-    pub fn inserted(self) -> &'static str {
-        match self {
-            Self::Postgres => "CAST(CAST((xmax = 0) AS INT) AS BIGINT)",
-            Self::Sqlite => "CAST(0 AS BIGINT)",
-        }
-    }
-
-    /// Substitutes `{now}`, `{skip_locked}`, `{for_update}` and `{inserted}` in a query
-    /// template.
+    /// Substitutes `{now}`, `{skip_locked}` and `{for_update}` in a query template.
     pub fn sql(self, template: &str) -> String {
         template
             .replace("{now}", self.now_ms())
             .replace("{skip_locked}", self.skip_locked())
             .replace("{for_update}", self.for_update())
-            .replace("{inserted}", self.inserted())
     }
 }
 

@@ -164,7 +164,7 @@ impl Queries {
             anchor_claim: db.sql(
                 "INSERT INTO claims (order_id, released_at, created_at) VALUES ($1, NULL, {now}) \
                  ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id \
-                 RETURNING released_at, {inserted}",
+                 RETURNING released_at",
             ),
             held: "SELECT unit_id, pool, status, expires_at FROM units WHERE order_id = $1"
                 .to_owned(),
@@ -939,25 +939,21 @@ impl Writer {
         deltas: &mut Deltas,
     ) -> Result<Option<Reservation>, EngineError> {
         let sql = &self.sql;
-        let (released, fresh): (Option<i64>, i64) =
-            sqlx::query_as(AssertSqlSafe(sql.anchor_claim.as_str()))
-                .bind(order_id)
-                .fetch_one(&mut *conn)
-                .await?;
+        let released: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.anchor_claim.as_str()))
+            .bind(order_id)
+            .fetch_one(&mut *conn)
+            .await?;
         if released.is_some() {
             return Err(EngineError::Released(order_id.to_owned()));
         }
-        // An order whose anchor this statement created holds nothing here yet (every claim
-        // anchors first), so a first reserve skips the read of what it holds (PostgreSQL
-        // tells a fresh anchor; on SQLite the read always runs).
-        let held: Option<(String, String, String, Option<i64>)> = if fresh == 1 {
-            None
-        } else {
+        // Always read what the order holds, even when its anchor is fresh: the sweeper forgets
+        // claims after their retention while a unit may still be held
+        // (`claims_are_forgotten_after_their_retention`).
+        let held: Option<(String, String, String, Option<i64>)> =
             sqlx::query_as(AssertSqlSafe(sql.held.as_str()))
                 .bind(order_id)
                 .fetch_optional(&mut *conn)
-                .await?
-        };
+                .await?;
         if let Some((unit_id, held_pool, status, expires_at_ms)) = held {
             if held_pool != pool {
                 return Err(EngineError::InvalidArgument(format!(
