@@ -286,7 +286,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -312,7 +312,8 @@ where
                     drop(permit);
                     response
                 }
-                Err(status) => Ok(status.into_http()),
+                // Read the rest of the body first: an early answer resets the stream.
+                Err(status) => Ok(crate::refusal::refuse(request, status).await),
             }
         })
     }
@@ -328,7 +329,7 @@ mod tests {
     #[derive(Clone)]
     struct Hold(Arc<tokio::sync::Notify>);
 
-    impl Service<http::Request<()>> for Hold {
+    impl Service<http::Request<tonic::body::Body>> for Hold {
         type Response = http::Response<tonic::body::Body>;
         type Error = Infallible;
         type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -337,7 +338,7 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
             let release = self.0.clone();
             Box::pin(async move {
                 release.notified().await;
@@ -350,7 +351,7 @@ mod tests {
     #[derive(Clone)]
     struct AtOnce;
 
-    impl Service<http::Request<()>> for AtOnce {
+    impl Service<http::Request<tonic::body::Body>> for AtOnce {
         type Response = http::Response<tonic::body::Body>;
         type Error = Infallible;
         type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -359,15 +360,15 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
             Box::pin(async { Ok(http::Response::new(tonic::body::Body::empty())) })
         }
     }
 
-    fn request(path: &str) -> http::Request<()> {
+    fn request(path: &str) -> http::Request<tonic::body::Body> {
         http::Request::builder()
             .uri(path)
-            .body(())
+            .body(tonic::body::Body::empty())
             .expect("request")
     }
 
@@ -437,6 +438,41 @@ mod tests {
         }
         assert_eq!(layer.queued(), 0);
         assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_answer_waits_for_the_rest_of_the_request_body() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let layer = AdmissionLayer::new(AdmissionConfig {
+            max_in_flight: 1,
+            max_queued: 0,
+            ..AdmissionConfig::default()
+        });
+        let svc = layer.layer(Hold(release.clone()));
+        let mut first = svc.clone();
+        let _running = tokio::spawn(async move { first.call(request("/x.S/M")).await });
+        while layer.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // Headers first, the message a moment later, as HTTP/2 may deliver them.
+        let (body, send, ended) = crate::refusal::tests::LateBody::new();
+        let late = request("/x.S/M").map(|_| tonic::body::Body::new(body));
+        let mut refused = svc.clone();
+        let answer = tokio::spawn(async move { refused.call(late).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !answer.is_finished(),
+            "a refusal sent before the body arrives resets the stream"
+        );
+        send.send(bytes::Bytes::from_static(b"\0\0\0\0\0"))
+            .expect("the refusal reads the body");
+        let response = answer.await.expect("task").expect("infallible");
+        assert!(ended.load(Ordering::SeqCst));
+        assert_eq!(
+            grpc_status(&response).map(|s| s.code()),
+            Some(tonic::Code::Unavailable)
+        );
+        release.notify_waiters();
     }
 
     #[tokio::test]

@@ -475,39 +475,10 @@ where
                     code = ?status.code(),
                     "admin call refused"
                 );
-                Box::pin(async move {
-                    drain(request.into_body()).await;
-                    Ok(status.into_http())
-                })
+                Box::pin(async move { Ok(crate::refusal::refuse(request, status).await) })
             }
         }
     }
-}
-
-/// The most of a refused request's body read before answering.
-const DRAIN_LIMIT: usize = 64 * 1024;
-/// The longest a refusal waits for the rest of the body.
-const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Reads (and drops) a refused request's body, up to [`DRAIN_LIMIT`] bytes and [`DRAIN_WAIT`].
-/// Answering before the client has sent its whole body makes the server reset the stream, and a
-/// client still writing then fails with a broken pipe (`UNKNOWN: transport error`) instead of
-/// reading our answer; the fuzzer saw 29 of those in 30,000 refusals. A gRPC request is
-/// usually a single small frame, so this costs nothing; a huge body is cut off at the limit.
-async fn drain<B: http_body::Body>(body: B) {
-    let mut body = std::pin::pin!(body);
-    let mut read = 0;
-    let reading = async {
-        while let Some(Ok(frame)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            if let Some(data) = frame.data_ref() {
-                read += bytes::Buf::remaining(data);
-                if read > DRAIN_LIMIT {
-                    return;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_WAIT, reading).await;
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod db;
 pub mod failpoints;
 pub mod group_commit;
 pub mod metrics;
+mod refusal;
 pub mod server;
 pub mod telemetry;
 pub mod testing;

@@ -200,6 +200,10 @@ pub struct Served {
     pub stopping: crate::app::Stopping,
 }
 
+/// Streams one connection may make the server reset for its errors before it is closed
+/// (`GOAWAY(ENHANCE_YOUR_CALM)`): h2's default, which tonic would otherwise leave unlimited.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// Serves `routes` on `listener` until `shutdown` completes, then drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
@@ -211,7 +215,11 @@ pub async fn serve(
     let c = &limits.connections;
     let mut builder = tonic::transport::Server::builder()
         .accept_http1(served.http1)
-        .max_concurrent_streams(c.max_streams_per_connection);
+        .max_concurrent_streams(c.max_streams_per_connection)
+        // h2's own bound on the streams a peer makes us reset ("MadeYouReset"); tonic turns it
+        // off unless asked. Refusals never reset a stream (`refusal`), so only a misbehaving
+        // peer reaches it, and loses its connection.
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     if let Some(tls) = served.tls {
         builder = builder.tls_config(tls)?;
     }
@@ -372,6 +380,7 @@ impl<S, B> Service<http::Request<B>> for WatchLimit<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -390,7 +399,7 @@ where
                 "too many open health watches on this listener",
                 self.limit.retry_after,
             );
-            return Box::pin(async move { Ok(status.into_http()) });
+            return Box::pin(async move { Ok(crate::refusal::refuse(request, status).await) });
         };
         let response = self.inner.call(request);
         let stopping = Box::pin(self.limit.stopping.clone().wait());
