@@ -5,6 +5,9 @@
 //! `max_connections`), on a fresh database with the participants' `units` shape, one durable
 //! commit per claim. On SQLite it is the same claim in a loop on one connection (SQLite has one
 //! writer), with the services' pragmas (`WAL`, `synchronous = FULL`).
+//!
+//! Then the **batched ceiling**: the same claim [`BATCH`] times in one transaction, so one
+//! durable commit serves many claims, which is what a group commit can reach at best.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -20,7 +23,25 @@ pub struct CeilingResult {
     pub clients: u32,
     /// Claims per second.
     pub claims_per_s: f64,
+    /// Claims per second with [`BATCH`] claims per transaction.
+    pub batched_claims_per_s: f64,
 }
+
+/// Claims per transaction in the batched ceiling.
+pub const BATCH: usize = 32;
+
+/// Units to stock for a ceiling of `duration`: both runs together must never run out, or the
+/// claims that find nothing would count as fast claims (a batched claim runs up to about
+/// 25,000/s here).
+fn units_for(duration: Duration) -> u64 {
+    (duration.as_secs() * 60_000).max(400_000)
+}
+
+/// The claim, as pgbench runs it.
+const PG_CLAIM: &str = "UPDATE units SET status = 'reserved', \
+    order_id = 'o' || :client_id || '-' || random(), expires_at = 1, updated_at = 1 \
+    WHERE unit_id = (SELECT unit_id FROM units WHERE pool = 'p' AND status = 'available' \
+    LIMIT 1 FOR UPDATE SKIP LOCKED);\n";
 
 const SCHEMA: &str = "CREATE TABLE units (
     unit_id TEXT PRIMARY KEY, pool TEXT NOT NULL, status TEXT NOT NULL,
@@ -48,7 +69,7 @@ pub async fn postgres(
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .await?;
     }
-    let rows = 400_000;
+    let rows = units_for(duration);
     {
         let mut c = AnyConnection::connect(&url).await?;
         c.execute(SCHEMA).await?;
@@ -60,30 +81,9 @@ pub async fn postgres(
         c.execute(INDEX).await?;
         c.execute("VACUUM ANALYZE units").await?;
     }
-    let script = dir.join("ceiling.sql");
-    std::fs::write(
-        &script,
-        "UPDATE units SET status = 'reserved', order_id = 'o' || :client_id || '-' || random(), \
-         expires_at = 1, updated_at = 1 WHERE unit_id = (SELECT unit_id FROM units \
-         WHERE pool = 'p' AND status = 'available' LIMIT 1 FOR UPDATE SKIP LOCKED);\n",
-    )?;
-    let pgbench = order_saga_testkit::pg::find_bin()?.join("pgbench");
-    let out = Command::new(pgbench)
-        .args(["-n", "-M", "prepared", "-j", "2"])
-        .args(["-c", &clients.to_string()])
-        .args(["-T", &duration.as_secs().max(1).to_string()])
-        .arg("-f")
-        .arg(&script)
-        .arg(&url)
-        .output()
-        .context("running pgbench (installed with PostgreSQL)")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    std::fs::write(dir.join("ceiling.pgbench.txt"), &text)?;
-    let tps = text
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse::<f64>().ok());
+    let single = pgbench(&url, PG_CLAIM, clients, duration, dir, "ceiling");
+    let batch = format!("BEGIN;\n{}COMMIT;\n", PG_CLAIM.repeat(BATCH));
+    let batched = pgbench(&url, &batch, clients, duration, dir, "ceiling-batched");
     {
         let mut admin = AnyConnection::connect(pg_url).await?;
         let _ = admin
@@ -92,20 +92,54 @@ pub async fn postgres(
             )))
             .await;
     }
-    let Some(tps) = tps else {
-        bail!(
+    Ok(CeilingResult {
+        method: format!(
+            "pgbench: UPDATE units ... WHERE unit_id = (SELECT ... FOR UPDATE SKIP LOCKED), \
+             one durable commit per claim (batched: {BATCH} claims per commit)"
+        ),
+        clients,
+        claims_per_s: single?,
+        batched_claims_per_s: batched? * BATCH as f64,
+    })
+}
+
+/// Runs `script` through pgbench against `url`: transactions per second. Its output is kept
+/// as `<name>.pgbench.txt` in `dir`.
+fn pgbench(
+    url: &str,
+    script: &str,
+    clients: u32,
+    duration: Duration,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<f64> {
+    let file = dir.join(format!("{name}.sql"));
+    std::fs::write(&file, script)?;
+    let pgbench = order_saga_testkit::pg::find_bin()?.join("pgbench");
+    let out = Command::new(pgbench)
+        .args(["-n", "-M", "prepared", "-j", "2"])
+        .args(["-c", &clients.to_string()])
+        .args(["-T", &duration.as_secs().max(1).to_string()])
+        .arg("-f")
+        .arg(&file)
+        .arg(url)
+        .output()
+        .context("running pgbench (installed with PostgreSQL)")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    std::fs::write(dir.join(format!("{name}.pgbench.txt")), &text)?;
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok());
+    match tps {
+        Some(tps) => Ok(tps),
+        None => bail!(
             "pgbench printed no tps: {}{}",
             text,
             String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    Ok(CeilingResult {
-        method: "pgbench: UPDATE units ... WHERE unit_id = (SELECT ... FOR UPDATE SKIP LOCKED), \
-                 one durable commit per claim"
-            .into(),
-        clients,
-        claims_per_s: tps,
-    })
+        ),
+    }
 }
 
 /// Runs the claim in a loop on one SQLite connection for `duration`.
@@ -116,33 +150,50 @@ pub async fn sqlite(dir: &Path, duration: Duration) -> anyhow::Result<CeilingRes
     c.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
         .await?;
     c.execute(SCHEMA).await?;
-    c.execute(
-        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200000) \
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {}) \
          INSERT INTO units SELECT 'u' || n, 'p', 'available', NULL, NULL, 0 FROM g",
-    )
+        units_for(duration)
+    )))
     .await?;
     c.execute(INDEX).await?;
-    let started = std::time::Instant::now();
-    let mut claims = 0u64;
-    while started.elapsed() < duration {
-        let claimed = sqlx::query(
-            "UPDATE units SET status = 'reserved', order_id = ?, expires_at = 1, updated_at = 1 \
-             WHERE unit_id = (SELECT unit_id FROM units WHERE pool = 'p' \
-             AND status = 'available' LIMIT 1)",
-        )
-        .bind(format!("o{claims}"))
-        .execute(&mut c)
-        .await?;
-        claims += claimed.rows_affected();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let single = sqlite_claims(&mut c, duration, 1).await?;
+    let batched = sqlite_claims(&mut c, duration, BATCH).await?;
     drop(c);
     let _ = std::fs::remove_file(&path);
     Ok(CeilingResult {
-        method: "SQLite: the same claim statement in a loop on one connection (one writer), \
-                 WAL, synchronous = FULL, one commit per claim"
-            .into(),
+        method: format!(
+            "SQLite: the same claim statement in a loop on one connection (one writer), \
+             WAL, synchronous = FULL, one commit per claim (batched: {BATCH} claims per commit)"
+        ),
         clients: 1,
-        claims_per_s: claims as f64 / elapsed.max(1e-9),
+        claims_per_s: single,
+        batched_claims_per_s: batched,
     })
+}
+
+/// Claims per second on `c` for `duration`, `per_commit` claims in each transaction.
+async fn sqlite_claims(
+    c: &mut AnyConnection,
+    duration: Duration,
+    per_commit: usize,
+) -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let mut claims = 0u64;
+    while started.elapsed() < duration {
+        let mut tx = c.begin().await?;
+        for _ in 0..per_commit {
+            let claimed = sqlx::query(
+                "UPDATE units SET status = 'reserved', order_id = ?, expires_at = 1, \
+                 updated_at = 1 WHERE unit_id = (SELECT unit_id FROM units WHERE pool = 'p' \
+                 AND status = 'available' LIMIT 1)",
+            )
+            .bind(format!("o{claims}"))
+            .execute(&mut *tx)
+            .await?;
+            claims += claimed.rows_affected();
+        }
+        tx.commit().await?;
+    }
+    Ok(claims as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

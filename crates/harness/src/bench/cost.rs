@@ -1,6 +1,7 @@
-//! The cost model of a run: what one completed order cost in durable commits, write
-//! transactions, participant calls and RPCs, from counters read before and after the measured
-//! window (PostgreSQL's `pg_stat_database`, and the services' own metrics).
+//! The cost model of a run: what one completed order cost in durable commits, statements,
+//! write transactions, participant calls and RPCs, from counters read before and after the
+//! measured window (PostgreSQL's `pg_stat_database` and, where the server preloads it,
+//! `pg_stat_statements`; and the services' own metrics).
 
 use std::collections::BTreeMap;
 
@@ -10,10 +11,13 @@ use sqlx::{AnyConnection, Connection};
 use crate::report::{Batching, Cost, PerOrder};
 
 /// The counters at one moment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Counters {
     /// `xact_commit` of each database (PostgreSQL only), by service.
     commits: BTreeMap<String, i64>,
+    /// Statements run in each database (PostgreSQL with `pg_stat_statements` preloaded), by
+    /// service; `Err` says why they were not counted.
+    statements: Result<BTreeMap<String, i64>, String>,
     /// Each service's metrics scrape.
     scrapes: BTreeMap<String, String>,
 }
@@ -26,10 +30,15 @@ pub async fn read(
     token: Option<&str>,
     services: [(&str, &String); 3],
 ) -> Counters {
-    let mut counters = Counters::default();
+    let mut counters = Counters {
+        commits: BTreeMap::new(),
+        statements: Err("PostgreSQL only".into()),
+        scrapes: BTreeMap::new(),
+    };
     if let (Some(pg_url), Some(urls)) = (pg_url, urls)
         && let Ok(mut conn) = AnyConnection::connect(pg_url).await
     {
+        counters.statements = statement_counts(&mut conn, urls).await;
         for (name, url) in [
             ("order", &urls.order),
             ("store", &urls.store),
@@ -56,6 +65,46 @@ pub async fn read(
         }
     }
     counters
+}
+
+/// Statements run so far in each service's database, from `pg_stat_statements` (every call
+/// of every statement, `BEGIN` and `COMMIT` included), or why they cannot be counted.
+async fn statement_counts(
+    conn: &mut AnyConnection,
+    urls: &DbUrls,
+) -> Result<BTreeMap<String, i64>, String> {
+    let preloaded: String =
+        sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    if !preloaded.contains("pg_stat_statements") {
+        return Err("the server does not preload pg_stat_statements".into());
+    }
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| format!("CREATE EXTENSION pg_stat_statements: {e}"))?;
+    let mut counts = BTreeMap::new();
+    for (name, url) in [
+        ("order", &urls.order),
+        ("store", &urls.store),
+        ("delivery", &urls.delivery),
+    ] {
+        let Some(db) = database_name(url) else {
+            continue;
+        };
+        let calls: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM pg_stat_statements s \
+             JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+        )
+        .bind(db)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        counts.insert(name.to_owned(), calls);
+    }
+    Ok(counts)
 }
 
 /// The database name at the end of a PostgreSQL URL.
@@ -86,6 +135,36 @@ pub fn sample_sum(scrape: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Per-database differences between two readings of a counter, per order, and `all` summed.
+fn per_database(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+    orders: u64,
+) -> Vec<PerOrder> {
+    let per = |x: f64| x / orders.max(1) as f64;
+    let mut rows = Vec::new();
+    let mut all = 0;
+    for (name, a) in after {
+        if let Some(b) = before.get(name) {
+            let total = a - b;
+            all += total;
+            rows.push(PerOrder {
+                name: name.clone(),
+                total: total as f64,
+                per_order: per(total as f64),
+            });
+        }
+    }
+    if !rows.is_empty() {
+        rows.push(PerOrder {
+            name: "all".into(),
+            total: all as f64,
+            per_order: per(all as f64),
+        });
+    }
+    rows
+}
+
 /// The bucket bounds of a histogram in a scrape (`le` labels, in order of appearance).
 fn bucket_bounds(scrape: &str, metric: &str) -> Vec<String> {
     let prefix = format!("{metric}_bucket{{");
@@ -103,26 +182,11 @@ fn bucket_bounds(scrape: &str, metric: &str) -> Vec<String> {
 /// The cost model between two readings, for `orders` completed orders.
 pub fn between(before: &Counters, after: &Counters, orders: u64) -> Cost {
     let per = |x: f64| x / orders.max(1) as f64;
-    let mut commits = Vec::new();
-    let mut all = 0;
-    for (name, after_commits) in &after.commits {
-        if let Some(before_commits) = before.commits.get(name) {
-            let total = after_commits - before_commits;
-            all += total;
-            commits.push(PerOrder {
-                name: name.clone(),
-                total: total as f64,
-                per_order: per(total as f64),
-            });
-        }
-    }
-    if !commits.is_empty() {
-        commits.push(PerOrder {
-            name: "all".into(),
-            total: all as f64,
-            per_order: per(all as f64),
-        });
-    }
+    let commits = per_database(&before.commits, &after.commits, orders);
+    let (statements, statements_unmeasured) = match (&before.statements, &after.statements) {
+        (Ok(b), Ok(a)) => (per_database(b, a, orders), None),
+        (Err(why), _) | (_, Err(why)) => (Vec::new(), Some(why.clone())),
+    };
     let delta = |service: &str, metric: &str, labels: &[(&str, &str)]| -> f64 {
         let of = |c: &Counters| {
             c.scrapes
@@ -190,6 +254,8 @@ pub fn between(before: &Counters, after: &Counters, orders: u64) -> Cost {
     let calls = delta("order", "saga_participant_calls_total", &[]);
     Cost {
         commits,
+        statements,
+        statements_unmeasured,
         batches,
         participant_calls_per_order: per(calls),
     }
@@ -227,6 +293,7 @@ mod tests {
     fn the_cost_is_the_difference_per_order() {
         let reading = |commits: i64, count: f64, sum: f64| Counters {
             commits: [("order".to_owned(), commits)].into(),
+            statements: Ok([("order".to_owned(), commits * 10)].into()),
             scrapes: [(
                 "order".to_owned(),
                 format!(
@@ -239,6 +306,15 @@ mod tests {
         let cost = between(&reading(100, 5.0, 10.0), &reading(150, 15.0, 210.0), 100);
         assert_eq!(cost.commits[0].per_order, 0.5);
         assert_eq!(cost.commits.last().map(|c| c.name.as_str()), Some("all"));
+        assert_eq!(cost.statements[0].per_order, 5.0);
+        assert_eq!(cost.statements_unmeasured, None);
+        let unpreloaded = Counters {
+            statements: Err("not preloaded".into()),
+            ..reading(150, 15.0, 210.0)
+        };
+        let cost = between(&reading(100, 5.0, 10.0), &unpreloaded, 100);
+        assert!(cost.statements.is_empty());
+        assert_eq!(cost.statements_unmeasured.as_deref(), Some("not preloaded"));
         let orders = &cost.batches[0];
         assert_eq!(orders.batches_per_order, 0.1);
         assert_eq!(orders.items_per_order, 2.0);

@@ -550,6 +550,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             method: c.method,
             clients: c.clients,
             claims_per_s: c.claims_per_s,
+            batched_ratio: per_s(completed) / c.batched_claims_per_s.max(1e-9),
+            batched_claims_per_s: c.batched_claims_per_s,
         }),
         services,
         decay,

@@ -186,13 +186,22 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
     match &report.ceiling {
         None => h.push_str("<p class=\"muted\">No ceiling was measured in this run.</p>\n"),
         Some(ceil) => {
-            let rows = vec![vec![
+            let mut rows = vec![vec![
                 esc(&ceil.method),
                 ceil.clients.to_string(),
                 fmt_num(ceil.claims_per_s),
                 fmt_num(t.orders_per_s),
                 fmt_ratio(ceil.ratio),
             ]];
+            if ceil.batched_claims_per_s > 0.0 {
+                rows.push(vec![
+                    "batched: the same claims, many per commit".to_owned(),
+                    ceil.clients.to_string(),
+                    fmt_num(ceil.batched_claims_per_s),
+                    fmt_num(t.orders_per_s),
+                    fmt_ratio(ceil.batched_ratio),
+                ]);
+            }
             html_table(
                 &mut h,
                 "",
@@ -317,6 +326,20 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
                 ]
             })
             .collect();
+        rows.extend(cost.statements.iter().map(|c| {
+            vec![
+                format!("statements: {}", esc(&c.name)),
+                fmt_num(c.total),
+                fmt_num(c.per_order),
+            ]
+        }));
+        if let Some(why) = &cost.statements_unmeasured {
+            rows.push(vec![
+                "statements".to_owned(),
+                format!("not counted: {}", esc(why)),
+                String::new(),
+            ]);
+        }
         rows.push(vec![
             "participant calls (saga steps)".to_owned(),
             String::new(),

@@ -59,6 +59,14 @@ pub struct Cost {
     /// Durable commits per database (`pg_stat_database.xact_commit` deltas; PostgreSQL only),
     /// and `all` summed over the three.
     pub commits: Vec<PerOrder>,
+    /// Statements per database (`pg_stat_statements` calls, `BEGIN` and `COMMIT` included),
+    /// and `all` summed over the three; empty when they could not be counted.
+    #[serde(default)]
+    pub statements: Vec<PerOrder>,
+    /// Why statements were not counted (e.g. the server does not preload
+    /// `pg_stat_statements`).
+    #[serde(default)]
+    pub statements_unmeasured: Option<String>,
     /// Each group commit and call coalescer: how many batches and items per order, and the
     /// batch-size histogram.
     pub batches: Vec<Batching>,
@@ -221,6 +229,12 @@ pub struct Ceiling {
     pub claims_per_s: f64,
     /// Orders per second of the run divided by claims per second.
     pub ratio: f64,
+    /// Claims per second with many claims per transaction (one commit for the batch).
+    #[serde(default)]
+    pub batched_claims_per_s: f64,
+    /// Orders per second of the run divided by the batched claims per second.
+    #[serde(default)]
+    pub batched_ratio: f64,
 }
 
 /// Resource usage of one service during the measured window.

@@ -54,10 +54,22 @@ pub(super) fn summary_table(report: &Report) -> comfy_table::Table {
         ),
     );
     match &report.ceiling {
-        Some(ceil) => row(
-            "ceiling claims/s (ratio)",
-            format!("{} ({})", fmt_num(ceil.claims_per_s), fmt_ratio(ceil.ratio)),
-        ),
+        Some(ceil) => {
+            row(
+                "ceiling claims/s (ratio)",
+                format!("{} ({})", fmt_num(ceil.claims_per_s), fmt_ratio(ceil.ratio)),
+            );
+            if ceil.batched_claims_per_s > 0.0 {
+                row(
+                    "batched ceiling claims/s (ratio)",
+                    format!(
+                        "{} ({})",
+                        fmt_num(ceil.batched_claims_per_s),
+                        fmt_ratio(ceil.batched_ratio)
+                    ),
+                );
+            }
+        }
         None => row("ceiling", "not measured".to_owned()),
     }
     for s in &report.services {
@@ -81,6 +93,15 @@ pub(super) fn summary_table(report: &Report) -> comfy_table::Table {
     if let Some(cost) = &report.cost {
         for c in &cost.commits {
             row(&format!("commits/order: {}", c.name), fmt_num(c.per_order));
+        }
+        for c in &cost.statements {
+            row(
+                &format!("statements/order: {}", c.name),
+                fmt_num(c.per_order),
+            );
+        }
+        if let Some(why) = &cost.statements_unmeasured {
+            row("statements/order", format!("not counted: {why}"));
         }
         row(
             "participant calls/order",

@@ -91,6 +91,8 @@ pub(super) fn sample() -> Report {
             clients: 64,
             claims_per_s: 1_873.4,
             ratio: 425.9 / 1_873.4,
+            batched_claims_per_s: 21_000.0,
+            batched_ratio: 425.9 / 21_000.0,
         }),
         services: vec![
             ServiceUsage {
@@ -127,6 +129,12 @@ pub(super) fn sample() -> Report {
                 total: 6000.0,
                 per_order: 1.2,
             }],
+            statements: vec![PerOrder {
+                name: "all".into(),
+                total: 90000.0,
+                per_order: 18.0,
+            }],
+            statements_unmeasured: None,
             batches: vec![Batching {
                 what: "store database writes".into(),
                 batches_per_order: 0.1,
@@ -221,6 +229,8 @@ fn renders_degenerate() {
         clients: 1,
         claims_per_s: 0.0,
         ratio: 0.0,
+        batched_claims_per_s: 0.0,
+        batched_ratio: 0.0,
     });
     let html = render_html(&r).expect("render zero");
     assert!(html.contains("stock &lt;negative&gt; for food 7 &amp; zone 2"));
