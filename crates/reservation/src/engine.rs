@@ -247,19 +247,20 @@ impl Queries {
                    updated_at = {now} \
                  WHERE unit_id IN ( \
                    SELECT unit_id FROM units \
-                   WHERE status = 'reserved' AND expires_at <= {now} \
+                   WHERE status = 'reserved' AND expires_at <= {now_once} \
                    LIMIT $1 {skip_locked}) \
-                 AND status = 'reserved' AND expires_at <= {now} \
+                 AND status = 'reserved' AND expires_at <= {now_once} \
                  RETURNING unit_id, pool",
             ),
             // Assigned longer ago than the retention: oldest first, through
-            // `units_assigned_by_age`; SKIP LOCKED leaves a unit another statement is changing.
+            // `units_assigned_by_age` (bounded by `{now_once}`, see `Backend::sql`); SKIP
+            // LOCKED leaves a unit another statement is changing.
             retire: db.sql(
                 "DELETE FROM units WHERE unit_id IN ( \
                    SELECT unit_id FROM units \
-                   WHERE status = 'assigned' AND updated_at <= {now} - $1 \
+                   WHERE status = 'assigned' AND updated_at <= {now_once} - $1 \
                    ORDER BY updated_at LIMIT $2 {skip_locked}) \
-                 AND status = 'assigned' AND updated_at <= {now} - $1 \
+                 AND status = 'assigned' AND updated_at <= {now_once} - $1 \
                  RETURNING pool",
             ),
             // Claims whose retention has passed: the anchor's reserve and any release are
@@ -267,8 +268,8 @@ impl Queries {
             forget_claims: db.sql(
                 "DELETE FROM claims WHERE order_id IN ( \
                    SELECT order_id FROM claims \
-                   WHERE created_at <= {now} - $1 \
-                     AND (released_at IS NULL OR released_at <= {now} - $1) \
+                   WHERE created_at <= {now_once} - $1 \
+                     AND (released_at IS NULL OR released_at <= {now_once} - $1) \
                    ORDER BY created_at LIMIT $2 {skip_locked})",
             ),
             counts: "UPDATE pools SET available = available + $2, reserved = reserved + $3, \

@@ -161,7 +161,7 @@ impl HistorySql {
                 .to_owned(),
             prune: db.sql(
                 "DELETE FROM saga_events WHERE (order_id, seq) IN ( \
-                   SELECT order_id, seq FROM saga_events WHERE at <= {now} - $1 \
+                   SELECT order_id, seq FROM saga_events WHERE at <= {now_once} - $1 \
                    ORDER BY at LIMIT $2)",
             ),
         }

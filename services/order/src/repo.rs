@@ -199,9 +199,9 @@ impl OrderRepo {
                 "UPDATE orders SET {CLAIM} \
                  WHERE order_id IN ( \
                    SELECT order_id FROM orders \
-                   WHERE {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
+                   WHERE {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now_once}}) \
                    ORDER BY lease_expires_at LIMIT $1 {{skip_locked}}) \
-                 AND {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now}}) \
+                 AND {UNFINISHED} AND (lease_expires_at IS NULL OR lease_expires_at <= {{now_once}}) \
                  RETURNING {COLUMNS}"
             )),
             claim_one: db.sql(&format!(
