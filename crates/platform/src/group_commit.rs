@@ -72,6 +72,22 @@ impl Default for GroupCommitConfig {
 }
 
 impl GroupCommitConfig {
+    /// What a `*_WRITE_BATCH` setting asks for. `1` (or `0`): a transaction per write, as many
+    /// at once as the pool has `connections`. More: `batched_writers` writers, each carrying up
+    /// to `write_batch` writes per transaction.
+    pub fn for_write_batch(write_batch: usize, connections: u32, batched_writers: usize) -> Self {
+        match write_batch {
+            0 | 1 => Self {
+                writers: usize::try_from(connections).unwrap_or(16),
+                max_batch: 1,
+            },
+            n => Self {
+                writers: batched_writers,
+                max_batch: n,
+            },
+        }
+    }
+
     /// These settings for a database `backend`: SQLite has one writer connection, so a
     /// second writer task would only wait for it.
     pub fn for_backend(self, backend: crate::db::Backend) -> Self {
@@ -226,6 +242,16 @@ mod tests {
             writers: 1,
             max_batch: 64,
         }
+    }
+
+    #[test]
+    fn a_write_batch_of_one_is_a_transaction_per_write_on_every_connection() {
+        let one = GroupCommitConfig::for_write_batch(1, 12, 4);
+        assert_eq!((one.writers, one.max_batch), (12, 1));
+        let batched = GroupCommitConfig::for_write_batch(128, 12, 4);
+        assert_eq!((batched.writers, batched.max_batch), (4, 128));
+        let sqlite = batched.for_backend(crate::db::Backend::Sqlite);
+        assert_eq!((sqlite.writers, sqlite.max_batch), (1, 128));
     }
 
     #[tokio::test]

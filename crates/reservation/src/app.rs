@@ -355,16 +355,13 @@ impl Participant {
         )?;
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
         let reads = Db::connect_reader(&settings.database_url, &settings.public_db).await?;
-        let group_commit = match settings.write_batch {
-            0 | 1 => GroupCommitConfig {
-                writers: usize::try_from(settings.db.max_connections).unwrap_or(16),
-                max_batch: 1,
-            },
-            n => GroupCommitConfig {
-                writers: 1,
-                max_batch: n,
-            },
-        };
+        // One writer when batched: the claims of two writers could skip each other's
+        // locked units and answer sold out while stock is left (docs/design.md, "Group commit").
+        let group_commit = GroupCommitConfig::for_write_batch(
+            settings.write_batch,
+            settings.db.max_connections,
+            1,
+        );
         let config = EngineConfig {
             max_ttl: settings.max_ttl,
             group_commit,

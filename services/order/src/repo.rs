@@ -232,18 +232,13 @@ impl OrderRepo {
             db: db.clone(),
             sql: sql.clone(),
         };
-        let config = match write_batch {
-            0 | 1 => GroupCommitConfig {
-                writers: usize::try_from(db.pool().options().get_max_connections()).unwrap_or(16),
-                max_batch: 1,
-            },
-            // Four writers: each batch runs its statements one after another, so more
-            // writers mean shorter waits; orders compete for nothing here.
-            n => GroupCommitConfig {
-                writers: 4,
-                max_batch: n,
-            },
-        }
+        // Four writers when batched: each batch runs its statements one after another, so
+        // more writers mean shorter waits; orders compete for nothing here.
+        let config = GroupCommitConfig::for_write_batch(
+            write_batch,
+            db.pool().options().get_max_connections(),
+            4,
+        )
         .for_backend(db.backend());
         Self {
             writes: GroupCommit::start("orders", writer, config),

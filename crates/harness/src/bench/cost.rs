@@ -39,14 +39,7 @@ pub async fn read(
         && let Ok(mut conn) = AnyConnection::connect(pg_url).await
     {
         counters.statements = statement_counts(&mut conn, urls).await;
-        for (name, url) in [
-            ("order", &urls.order),
-            ("store", &urls.store),
-            ("delivery", &urls.delivery),
-        ] {
-            let Some(db) = database_name(url) else {
-                continue;
-            };
+        for (name, db) in databases(urls) {
             let commits: Option<i64> =
                 sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
                     .bind(db)
@@ -86,14 +79,7 @@ async fn statement_counts(
         .await
         .map_err(|e| format!("CREATE EXTENSION pg_stat_statements: {e}"))?;
     let mut counts = BTreeMap::new();
-    for (name, url) in [
-        ("order", &urls.order),
-        ("store", &urls.store),
-        ("delivery", &urls.delivery),
-    ] {
-        let Some(db) = database_name(url) else {
-            continue;
-        };
+    for (name, db) in databases(urls) {
         let calls: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM pg_stat_statements s \
              JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
@@ -105,6 +91,17 @@ async fn statement_counts(
         counts.insert(name.to_owned(), calls);
     }
     Ok(counts)
+}
+
+/// Each service with the name of its database.
+fn databases(urls: &DbUrls) -> impl Iterator<Item = (&'static str, &str)> {
+    [
+        ("order", &urls.order),
+        ("store", &urls.store),
+        ("delivery", &urls.delivery),
+    ]
+    .into_iter()
+    .filter_map(|(name, url)| Some((name, database_name(url)?)))
 }
 
 /// The database name at the end of a PostgreSQL URL.
