@@ -9,11 +9,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use order_saga_platform::{
-    db::{Db, detached, is_unique_violation},
+    db::{Backend, Db, detached, is_unique_violation},
     group_commit::{Committer, GroupCommit, GroupCommitConfig},
 };
 use sqlx::AssertSqlSafe;
 use tracing::instrument;
+
+mod set;
 
 /// Most units one `add_units` call may create.
 pub const MAX_UNITS_PER_CALL: i64 = 10_000;
@@ -148,6 +150,8 @@ struct Queries {
     list_pools: String,
     insert_pool: String,
     insert_pool_if_missing: String,
+    /// A batch's set statements (PostgreSQL only; SQLite runs a batch's writes one by one).
+    set: Option<set::SetQueries>,
 }
 
 /// The columns of a pool with its counts; expired reservations move from reserved to
@@ -287,6 +291,7 @@ impl Queries {
                 "INSERT INTO pools (pool, name, created_at) VALUES ($1, $2, {now}) \
                  ON CONFLICT (pool) DO NOTHING",
             ),
+            set: (db.backend() == Backend::Postgres).then(|| set::SetQueries::new(db)),
         }
     }
 }
@@ -321,6 +326,9 @@ impl Deltas {
     }
 
     async fn apply(self, sql: &Queries, conn: &mut sqlx::AnyConnection) -> Result<(), EngineError> {
+        if let Some(set) = &sql.set {
+            return set.apply(conn, self).await;
+        }
         for (pool, delta) in self.0 {
             sql.count(conn, &pool, delta).await?;
         }
@@ -790,6 +798,16 @@ enum Write {
     Release { order_id: String },
 }
 
+impl Write {
+    fn order_id(&self) -> &str {
+        match self {
+            Self::Reserve { order_id, .. }
+            | Self::Assign { order_id, .. }
+            | Self::Release { order_id } => order_id,
+        }
+    }
+}
+
 /// The answer to a [`Write`].
 #[derive(Debug)]
 enum Written {
@@ -847,16 +865,23 @@ impl Committer for Writer {
         if writes.iter().any(|w| matches!(w, Write::Assign { .. })) {
             fail::fail_point!("participant-assign-before-commit");
         }
-        let mut answers = Vec::with_capacity(writes.len());
         let mut tx = self.db.pool().begin().await?;
         let mut deltas = Deltas::default();
-        // In the order they arrived: claims go to the earliest requests.
-        for write in writes {
-            match self.write_in(&mut tx, write, &mut deltas).await {
-                Err(EngineError::Db(e)) => return Err(e),
-                answer => answers.push(answer),
+        let answers = if self.sql.set.is_some() && set::distinct_orders(writes) {
+            self.run_set(&mut tx, writes, &mut deltas)
+                .await
+                .map_err(into_db)?
+        } else {
+            // In the order they arrived: claims go to the earliest requests.
+            let mut answers = Vec::with_capacity(writes.len());
+            for write in writes {
+                match self.write_in(&mut tx, write, &mut deltas).await {
+                    Err(EngineError::Db(e)) => return Err(e),
+                    answer => answers.push(answer),
+                }
             }
-        }
+            answers
+        };
         deltas.apply(&self.sql, &mut tx).await.map_err(into_db)?;
         before_commit(writes);
         tx.commit().await?;
@@ -982,13 +1007,12 @@ impl Writer {
             // The sweeper freed it between our read and the renewal: claim afresh below.
         }
         fail::fail_point!("participant-reserve-before-claim");
-        let mut claimed: Option<(String, i64)> =
-            sqlx::query_as(AssertSqlSafe(sql.claim_free.as_str()))
-                .bind(order_id)
-                .bind(pool)
-                .bind(ttl_ms)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let claimed: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(sql.claim_free.as_str()))
+            .bind(order_id)
+            .bind(pool)
+            .bind(ttl_ms)
+            .fetch_optional(&mut *conn)
+            .await?;
         if claimed.is_some() {
             let delta = CountsDelta {
                 available: -1,
@@ -996,14 +1020,30 @@ impl Writer {
                 ..CountsDelta::default()
             };
             deltas.add(pool, delta);
-        } else {
-            claimed = sqlx::query_as(AssertSqlSafe(sql.claim_expired.as_str()))
+            return Ok(claimed.map(|(unit_id, expires_at)| Reservation {
+                unit_id,
+                expires_at_ms: Some(expires_at),
+            }));
+        }
+        self.claim_expired_in(conn, order_id, pool, ttl_ms).await
+    }
+
+    /// Takes over a reservation of `pool` that expired and that the sweeper has not freed yet
+    /// (the counts do not change); `None` when there is none.
+    async fn claim_expired_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        order_id: &str,
+        pool: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<Reservation>, EngineError> {
+        let claimed: Option<(String, i64)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.claim_expired.as_str()))
                 .bind(order_id)
                 .bind(pool)
                 .bind(ttl_ms)
                 .fetch_optional(&mut *conn)
                 .await?;
-        }
         Ok(claimed.map(|(unit_id, expires_at)| Reservation {
             unit_id,
             expires_at_ms: Some(expires_at),

@@ -1,6 +1,9 @@
 //! The participant engine against real databases, on both backends.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use order_saga_platform::{
     both_backends,
@@ -842,6 +845,78 @@ both_backends!(
             let used = commits(&engine).await.expect("commits") - before;
             assert!(used < 40, "62 reserves took {used} commits");
         }
+    }
+);
+
+both_backends!(
+    a_batch_of_every_kind_of_write_answers_each_as_if_alone,
+    |backend| async move {
+        // Reserves, assigns and releases of different orders queued at once share
+        // transactions (on PostgreSQL, set statements), and each still gets the answer it
+        // would get alone: a retried reserve keeps its unit, an assign of a unit the order does
+        // not hold is refused, a release frees its unit, a released order's reserve is
+        // refused, an order holding another pool's unit is refused, new orders get units of
+        // their own, and the pool's counts stay exact.
+        let engine = engine(backend).await;
+        pool_with(&engine, "p", 10).await;
+        pool_with(&engine, "q", 1).await;
+        let mut before = HashMap::new();
+        for order in ["held", "to-assign", "unassigned", "to-release", "gone"] {
+            let unit = engine
+                .reserve(order, "p", LONG)
+                .await
+                .expect("reserve")
+                .unit_id;
+            before.insert(order, unit);
+        }
+        engine.release("gone").await.expect("release");
+        engine
+            .reserve("other-pool", "q", LONG)
+            .await
+            .expect("reserve q");
+        let held = engine.reserve("held", "p", LONG);
+        let assign = engine.assign("to-assign", &before["to-assign"]);
+        let stranger = engine.assign("stranger", &before["unassigned"]);
+        let release = engine.release("to-release");
+        let gone = engine.reserve("gone", "p", LONG);
+        let other = engine.reserve("other-pool", "p", LONG);
+        let fresh = futures::future::join_all((0..5).map(|i| {
+            let engine = engine.clone();
+            async move { engine.reserve(&format!("new-{i}"), "p", LONG).await }
+        }));
+        let (held, assign, stranger, release, gone, other, fresh) =
+            tokio::join!(held, assign, stranger, release, gone, other, fresh);
+        assert_eq!(held.expect("retried reserve").unit_id, before["held"]);
+        assign.expect("assign");
+        assert!(
+            matches!(stranger, Err(EngineError::NotHeld(_))),
+            "{stranger:?}"
+        );
+        assert_eq!(
+            release.expect("release"),
+            Some(before["to-release"].clone())
+        );
+        assert!(matches!(gone, Err(EngineError::Released(_))), "{gone:?}");
+        assert!(
+            matches!(other, Err(EngineError::InvalidArgument(_))),
+            "{other:?}"
+        );
+        let mut units = HashSet::new();
+        for (i, answer) in fresh.into_iter().enumerate() {
+            let unit = answer.expect("a free unit").unit_id;
+            let holder: Option<String> =
+                sqlx::query_scalar("SELECT order_id FROM units WHERE unit_id = $1")
+                    .bind(&unit)
+                    .fetch_one(engine.db().pool())
+                    .await
+                    .expect("unit");
+            assert_eq!(holder, Some(format!("new-{i}")), "{unit}");
+            assert!(units.insert(unit), "a unit granted twice");
+        }
+        // held, unassigned and the five new orders reserve; to-assign is assigned.
+        assert_eq!(counted(&engine, "p").await, (2, 7, 1));
+        assert_eq!(maintained(&engine, "p").await, (2, 7, 1));
+        assert_eq!(maintained(&engine, "q").await, (0, 1, 0));
     }
 );
 

@@ -13,10 +13,11 @@
 use std::time::Duration;
 
 use order_saga_platform::{
-    db::{Db, detached},
+    db::{Backend, Db, detached},
     group_commit::{GroupCommit, GroupCommitConfig},
 };
 
+mod sets;
 mod writes;
 
 use writes::{SagaWrite, SagaWriter, SagaWritten};
@@ -150,6 +151,8 @@ struct Queries {
     lock_placed: String,
     stuck: String,
     history: HistorySql,
+    /// A batch's set statements (PostgreSQL only; SQLite runs a batch one write at a time).
+    set: Option<sets::SetSql>,
 }
 
 /// The orders repository.
@@ -226,6 +229,7 @@ impl OrderRepo {
                 "SELECT {COLUMNS} FROM orders WHERE {UNFINISHED} ORDER BY created_at, order_id LIMIT $1"
             ),
             history: HistorySql::new(&db),
+            set: (db.backend() == Backend::Postgres).then(|| sets::SetSql::new(&db)),
         };
         let sql = std::sync::Arc::new(sql);
         let writer = SagaWriter {

@@ -986,3 +986,137 @@ both_backends!(
         assert!(cancelled > 0, "the test cancelled writes mid-flight");
     }
 );
+
+both_backends!(
+    batched_saga_writes_answer_each_write_as_if_alone,
+    |backend| async move {
+        // Creations and persists queued together share transactions (on PostgreSQL, three set
+        // statements each): every write still gets its own answer. A replayed key answers the
+        // order that took it, a persist behind a stale fence loses its lease alone, and each
+        // write that happened has exactly one history event.
+        use order_saga_platform::db::{Db, DbOptions};
+        use order_saga_saga::Phase;
+        use order_service::{
+            history::{EventKind, Transition},
+            repo::{Created, NewOrder, OrderRepo, RepoError},
+        };
+        let url = order_saga_platform::testing::fresh_database_url(backend, "order").await;
+        let db = Db::connect(&url, &DbOptions::default(), &order_service::MIGRATOR)
+            .await
+            .expect("connect");
+        let repo = OrderRepo::with_write_batch(db.clone(), 128);
+        let lease = Duration::from_secs(30);
+        // 24 creations; orders 20..24 reuse the keys of orders 0..4 (same customers).
+        let key = |i: usize| if i >= 20 { i - 20 } else { i };
+        let creates = (0..24).map(|i| {
+            let repo = repo.clone();
+            async move {
+                let order = NewOrder {
+                    idempotency_key: format!("k{}", key(i)),
+                    customer_id: format!("c{}", key(i)),
+                    food_id: "pizza".into(),
+                    zone: "north".into(),
+                };
+                (
+                    i,
+                    repo.create(&format!("ord-{i}"), &order, "me", lease).await,
+                )
+            }
+        });
+        let mut records = HashMap::new();
+        let mut existing = HashMap::new();
+        for (i, created) in futures::future::join_all(creates).await {
+            match created.expect("create") {
+                Created::New(record) => {
+                    records.insert(key(i), record);
+                }
+                Created::Existing(record) => {
+                    existing.insert(key(i), record);
+                }
+            }
+        }
+        assert_eq!(records.len(), 20, "one new order per key");
+        assert_eq!(
+            existing.len(),
+            4,
+            "each replayed key answers the order that took it"
+        );
+        for (k, record) in &existing {
+            assert_eq!(record.order_id, records[k].order_id, "key k{k}");
+        }
+        // Persist every order: even keys with their fence, odd keys behind a stale epoch.
+        let commits_before = commits(&db).await;
+        let persists = records.values().map(|record| {
+            let repo = repo.clone();
+            let k: usize = record.request.idempotency_key[1..].parse().expect("key");
+            let mut next = record.clone();
+            next.saga.phase = Phase::Assigning;
+            next.attempts = 1;
+            if k % 2 == 1 {
+                next.epoch -= 1;
+            }
+            let transition = Transition {
+                kind: EventKind::Step,
+                from: Some(Phase::Reserving),
+                calls: Vec::new(),
+                error: None,
+            };
+            async move { (k, repo.persist(&next, "me", lease, &transition).await) }
+        });
+        for (k, persisted) in futures::future::join_all(persists).await {
+            match (k % 2, persisted) {
+                (0, Ok(row)) => {
+                    assert_eq!(row.saga.phase, Phase::Assigning, "k{k}");
+                    assert_eq!(row.attempts, 1, "k{k}");
+                }
+                (1, Err(RepoError::LostLease(id))) => assert_eq!(id, records[&k].order_id),
+                (_, other) => panic!("k{k}: {other:?}"),
+            }
+        }
+        // On PostgreSQL, count the commits: 20 persists queued at once took far fewer.
+        if let Some(before) = commits_before {
+            let used = commits(&db).await.expect("commits") - before;
+            assert!(used < 20, "20 persists took {used} commits");
+        }
+        for (k, record) in &records {
+            let stored = repo
+                .by_id(&record.order_id)
+                .await
+                .expect("read")
+                .expect("order");
+            let events = repo.history(&record.order_id, 10).await.expect("history");
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            if k % 2 == 0 {
+                assert_eq!(stored.saga.phase, Phase::Assigning, "k{k}");
+                assert_eq!(kinds, ["created", "step"], "k{k}");
+                assert_eq!(seqs, [1, 2], "k{k}");
+            } else {
+                assert_eq!(
+                    stored.saga.phase,
+                    Phase::Reserving,
+                    "k{k}: a stale fence wrote"
+                );
+                assert_eq!(kinds, ["created"], "k{k}");
+            }
+        }
+    }
+);
+
+/// Transactions committed in `db` so far, if it is PostgreSQL.
+async fn commits(db: &order_saga_platform::db::Db) -> Option<i64> {
+    if db.backend() != order_saga_platform::db::Backend::Postgres {
+        return None;
+    }
+    let mut conn = db.pool().acquire().await.expect("connection");
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .expect("clear snapshot");
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .ok()
+}

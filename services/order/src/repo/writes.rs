@@ -35,6 +35,12 @@ pub(super) enum SagaWrite {
     },
 }
 
+/// Whether `writes` may run as sets: every write names a different order.
+fn distinct_orders(writes: &[SagaWrite]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(writes.len());
+    writes.iter().all(|w| seen.insert(w.order_id()))
+}
+
 impl SagaWrite {
     fn order_id(&self) -> &str {
         match self {
@@ -83,6 +89,13 @@ impl Committer for SagaWriter {
         let mut answers: Vec<Option<Result<SagaWritten, RepoError>>> =
             (0..writes.len()).map(|_| None).collect();
         let mut tx = self.db.pool().begin().await?;
+        if let Some(set) = &self.sql.set
+            && distinct_orders(writes)
+        {
+            let answers = self.run_set(&mut tx, set, writes).await?;
+            tx.commit().await?;
+            return Ok(answers);
+        }
         for i in order {
             match self.write_in(&mut tx, &writes[i]).await {
                 Err(RepoError::Db(e)) => return Err(e),
@@ -153,6 +166,17 @@ impl SagaWriter {
             self.sql.append(conn, &created, &transition).await?;
             return Ok(Created::New(created));
         }
+        self.existing(conn, order_id, order).await
+    }
+
+    /// The order that took `order`'s idempotency key, read after an insert of `order_id`
+    /// conflicted.
+    pub(super) async fn existing(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        order_id: &str,
+        order: &NewOrder,
+    ) -> Result<Created, RepoError> {
         let existing = sqlx::query(AssertSqlSafe(self.sql.by_key.as_str()))
             .bind(&order.customer_id)
             .bind(&order.idempotency_key)
