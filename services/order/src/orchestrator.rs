@@ -93,6 +93,8 @@ struct Inner {
     sagas: Arc<Semaphore>,
     /// Latency of each step.
     stats: StepStats,
+    /// Held while a round's calls are queued (see [`Orchestrator::queued_together`]).
+    call_order: std::sync::Mutex<()>,
 }
 
 /// The right to drive one saga, held until its driver stops (see [`SagaConfig::max_sagas`]).
@@ -136,8 +138,36 @@ impl Orchestrator {
                 instance,
                 sagas,
                 stats: StepStats::default(),
+                call_order: std::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// Runs a round of calls whose first poll, which queues every coalesced call of the round
+    /// (nothing before the queueing awaits), happens under one lock. So the two reserves of
+    /// one saga reach the store's and delivery's queues with no other saga's reserves between
+    /// them, and both participants see the sagas in the same order: the order in which a
+    /// scarce pool hands out its last units. Without it, two sagas driven on two threads
+    /// could queue A's store reserve, then B's two, then A's delivery reserve; the store and
+    /// delivery then gave their last units to different orders, and
+    /// `the_batched_engine_places_exactly_the_stock` placed 49 of 50 (seen once in CI). The
+    /// lock is never held across an await.
+    async fn queued_together<F: std::future::Future>(&self, round: F) -> F::Output {
+        let mut round = std::pin::pin!(round);
+        let mut first = true;
+        std::future::poll_fn(move |cx| {
+            if std::mem::take(&mut first) {
+                let _queueing = self
+                    .inner
+                    .call_order
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                round.as_mut().poll(cx)
+            } else {
+                round.as_mut().poll(cx)
+            }
+        })
+        .await
     }
 
     /// A saga slot, waiting for one until `until`; `None` if none freed up in time.
@@ -223,7 +253,8 @@ impl Orchestrator {
         record.saga = resumed;
 
         while !commands.is_empty() {
-            let answers = join_all(commands.iter().map(|c| self.execute(&record, c))).await;
+            let calls = join_all(commands.iter().map(|c| self.execute(&record, c)));
+            let answers = self.queued_together(calls).await;
 
             let mut transient = false;
             // The longest delay a busy participant asked for this round.
