@@ -1,6 +1,7 @@
-//! The cost model of a run: what one completed order cost in durable commits, statements,
+//! The cost model of a run: what one completed order cost in commits, WAL flushes, statements,
 //! write transactions, participant calls and RPCs, from counters read before and after the
-//! measured window (PostgreSQL's `pg_stat_database` and, where the server preloads it,
+//! measured window (PostgreSQL's `pg_stat_database` and `pg_stat_wal` and, where the server
+//! preloads it,
 //! `pg_stat_statements`; and the services' own metrics).
 
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ pub struct Counters {
     statements: Result<BTreeMap<String, i64>, String>,
     /// Each service's metrics scrape.
     scrapes: BTreeMap<String, String>,
+    /// The server's WAL flushes so far (`pg_stat_wal.wal_sync`, PostgreSQL only).
+    wal_syncs: Option<i64>,
 }
 
 /// Reads the counters: the commits of the three databases when `pg_url` is the server they
@@ -34,11 +37,17 @@ pub async fn read(
         commits: BTreeMap::new(),
         statements: Err("PostgreSQL only".into()),
         scrapes: BTreeMap::new(),
+        wal_syncs: None,
     };
     if let (Some(pg_url), Some(urls)) = (pg_url, urls)
         && let Ok(mut conn) = AnyConnection::connect(pg_url).await
     {
         counters.statements = statement_counts(&mut conn, urls).await;
+        counters.wal_syncs = sqlx::query_scalar("SELECT wal_sync FROM pg_stat_wal")
+            .fetch_optional(&mut conn)
+            .await
+            .ok()
+            .flatten();
         for (name, db) in databases(urls) {
             let commits: Option<i64> =
                 sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
@@ -249,8 +258,13 @@ pub fn between(before: &Counters, after: &Counters, orders: u64) -> Cost {
         });
     }
     let calls = delta("order", "saga_participant_calls_total", &[]);
+    let wal_flushes_per_order = match (before.wal_syncs, after.wal_syncs) {
+        (Some(b), Some(a)) => Some(per((a - b) as f64)),
+        _ => None,
+    };
     Cost {
         commits,
+        wal_flushes_per_order,
         statements,
         statements_unmeasured,
         batches,
@@ -299,9 +313,11 @@ mod tests {
                 ),
             )]
             .into(),
+            wal_syncs: Some(commits * 2),
         };
         let cost = between(&reading(100, 5.0, 10.0), &reading(150, 15.0, 210.0), 100);
         assert_eq!(cost.commits[0].per_order, 0.5);
+        assert_eq!(cost.wal_flushes_per_order, Some(1.0));
         assert_eq!(cost.commits.last().map(|c| c.name.as_str()), Some("all"));
         assert_eq!(cost.statements[0].per_order, 5.0);
         assert_eq!(cost.statements_unmeasured, None);

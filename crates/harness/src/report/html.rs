@@ -320,12 +320,19 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
             .iter()
             .map(|c| {
                 vec![
-                    format!("durable commits: {}", esc(&c.name)),
+                    format!("commits: {}", esc(&c.name)),
                     fmt_num(c.total),
                     fmt_num(c.per_order),
                 ]
             })
             .collect();
+        if let Some(flushes) = cost.wal_flushes_per_order {
+            rows.push(vec![
+                "WAL flushes (durable commits, whole server)".to_owned(),
+                String::new(),
+                fmt_num(flushes),
+            ]);
+        }
         rows.extend(cost.statements.iter().map(|c| {
             vec![
                 format!("statements: {}", esc(&c.name)),

@@ -56,9 +56,15 @@ pub struct Report {
 /// What one completed order cost over the measured window.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cost {
-    /// Durable commits per database (`pg_stat_database.xact_commit` deltas; PostgreSQL only),
-    /// and `all` summed over the three.
+    /// Commits per database (`pg_stat_database.xact_commit` deltas; PostgreSQL only), and
+    /// `all` summed over the three. Read-only transactions count too (an autocommit read is a
+    /// transaction), so this is more than the commits that waited for the disk.
     pub commits: Vec<PerOrder>,
+    /// What waited for the disk: the server's WAL flushes (`pg_stat_wal.wal_sync`, one per
+    /// durable commit or fewer when the server flushed several together) per order, over
+    /// every database and background writer of the server; `None` off PostgreSQL.
+    #[serde(default)]
+    pub wal_flushes_per_order: Option<f64>,
     /// Statements per database (`pg_stat_statements` calls, `BEGIN` and `COMMIT` included),
     /// and `all` summed over the three; empty when they could not be counted.
     #[serde(default)]

@@ -94,6 +94,9 @@ pub(super) fn summary_table(report: &Report) -> comfy_table::Table {
         for c in &cost.commits {
             row(&format!("commits/order: {}", c.name), fmt_num(c.per_order));
         }
+        if let Some(flushes) = cost.wal_flushes_per_order {
+            row("WAL flushes/order (durable)", fmt_num(flushes));
+        }
         for c in &cost.statements {
             row(
                 &format!("statements/order: {}", c.name),

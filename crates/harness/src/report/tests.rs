@@ -129,6 +129,7 @@ pub(super) fn sample() -> Report {
                 total: 6000.0,
                 per_order: 1.2,
             }],
+            wal_flushes_per_order: Some(0.8),
             statements: vec![PerOrder {
                 name: "all".into(),
                 total: 90000.0,
