@@ -9,6 +9,26 @@ use std::str::FromStr;
 
 use sqlx::{ConnectOptions, Connection, Executor, postgres::PgConnectOptions};
 
+/// Transactions committed in `db` so far (`None` on SQLite): how a test sees that writes
+/// queued together shared commits. The statistics collector publishes a backend's counts when
+/// its transaction ends; clearing the cached snapshot reads fresh ones.
+pub async fn commits(db: &crate::db::Db) -> Option<i64> {
+    if db.backend() != crate::db::Backend::Postgres {
+        return None;
+    }
+    let mut conn = db.pool().acquire().await.expect("connection");
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .expect("clear snapshot");
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .ok()
+}
+
 /// The backends every database test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestBackend {

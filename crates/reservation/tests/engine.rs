@@ -8,7 +8,7 @@ use std::{
 use order_saga_platform::{
     both_backends,
     db::{Db, DbOptions},
-    testing::{TestBackend, fresh_database_url},
+    testing::{TestBackend, commits, fresh_database_url},
 };
 use order_saga_reservation::{Engine, EngineConfig, EngineError, MIGRATOR};
 
@@ -793,7 +793,7 @@ both_backends!(
         }
         engine.reserve("gone", "a", LONG).await.expect("reserve");
         engine.release("gone").await.expect("release");
-        let commits_before = commits(&engine).await;
+        let commits_before = commits(engine.db()).await;
         // 60 orders over three pools, plus a released order and an unknown pool in the same
         // batches: each request gets its own answer, and each granted unit is the one the
         // database says the order holds, in the pool it asked for.
@@ -842,7 +842,7 @@ both_backends!(
         }
         // On PostgreSQL, count the commits: 62 reserves queued at once took far fewer.
         if let Some(before) = commits_before {
-            let used = commits(&engine).await.expect("commits") - before;
+            let used = commits(engine.db()).await.expect("commits") - before;
             assert!(used < 40, "62 reserves took {used} commits");
         }
     }
@@ -919,23 +919,3 @@ both_backends!(
         assert_eq!(maintained(&engine, "q").await, (0, 1, 0));
     }
 );
-
-/// Transactions committed in this test's PostgreSQL database so far (`None` on SQLite).
-async fn commits(engine: &Engine) -> Option<i64> {
-    if engine.db().backend() != order_saga_platform::db::Backend::Postgres {
-        return None;
-    }
-    // The statistics collector publishes a backend's counts when its transaction ends; a
-    // fresh snapshot is taken by clearing the cached one.
-    let mut conn = engine.db().pool().acquire().await.expect("connection");
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await
-        .expect("clear snapshot");
-    sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .ok()
-}

@@ -1045,7 +1045,7 @@ both_backends!(
             assert_eq!(record.order_id, records[k].order_id, "key k{k}");
         }
         // Persist every order: even keys with their fence, odd keys behind a stale epoch.
-        let commits_before = commits(&db).await;
+        let commits_before = order_saga_platform::testing::commits(&db).await;
         let persists = records.values().map(|record| {
             let repo = repo.clone();
             let k: usize = record.request.idempotency_key[1..].parse().expect("key");
@@ -1075,7 +1075,10 @@ both_backends!(
         }
         // On PostgreSQL, count the commits: 20 persists queued at once took far fewer.
         if let Some(before) = commits_before {
-            let used = commits(&db).await.expect("commits") - before;
+            let used = order_saga_platform::testing::commits(&db)
+                .await
+                .expect("commits")
+                - before;
             assert!(used < 20, "20 persists took {used} commits");
         }
         for (k, record) in &records {
@@ -1102,21 +1105,3 @@ both_backends!(
         }
     }
 );
-
-/// Transactions committed in `db` so far, if it is PostgreSQL.
-async fn commits(db: &order_saga_platform::db::Db) -> Option<i64> {
-    if db.backend() != order_saga_platform::db::Backend::Postgres {
-        return None;
-    }
-    let mut conn = db.pool().acquire().await.expect("connection");
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await
-        .expect("clear snapshot");
-    sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .ok()
-}

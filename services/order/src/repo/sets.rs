@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use serde_json::json;
-use sqlx::{AnyConnection, AssertSqlSafe};
+use sqlx::{AnyConnection, AssertSqlSafe, any::AnyRow};
 
 use super::{COLUMNS, Created, OrderRecord, RepoError, decode, ms};
 use crate::history::{EventKind, Transition};
@@ -93,6 +93,19 @@ fn qualified(table: &str) -> String {
         .join(", ")
 }
 
+/// The rows a set statement returned, decoded and keyed by order id. A row this very
+/// statement wrote cannot be corrupt; if one is, the batch fails and every write of it is run
+/// again alone.
+fn by_order_id(rows: &[AnyRow]) -> Result<HashMap<String, OrderRecord>, sqlx::Error> {
+    rows.iter()
+        .map(|row| match decode(row) {
+            Ok(record) => Ok((record.order_id.clone(), record)),
+            Err(RepoError::Db(e)) => Err(e),
+            Err(other) => Err(sqlx::Error::Protocol(other.to_string())),
+        })
+        .collect()
+}
+
 /// The history event of a write of `record`, as one element of the append's JSON parameter.
 fn event(record: &OrderRecord, transition: &Transition) -> serde_json::Value {
     let calls = (!transition.calls.is_empty())
@@ -155,18 +168,7 @@ impl SagaWriter {
                 .bind(serde_json::Value::from(rows).to_string())
                 .fetch_all(&mut *conn)
                 .await?;
-            let mut created: HashMap<String, OrderRecord> = HashMap::new();
-            for row in &inserted {
-                match decode(row) {
-                    Ok(record) => {
-                        created.insert(record.order_id.clone(), record);
-                    }
-                    Err(RepoError::Db(e)) => return Err(e),
-                    // A row this very statement wrote cannot be corrupt; if it is, every
-                    // write of the batch answers it alone.
-                    Err(other) => return Err(sqlx::Error::Protocol(other.to_string())),
-                }
-            }
+            let mut created = by_order_id(&inserted)?;
             for (i, order_id, order, _, _) in creates {
                 answers[i] = Some(match created.remove(order_id.as_str()) {
                     Some(record) => {
@@ -221,16 +223,7 @@ impl SagaWriter {
                 .bind(serde_json::Value::from(rows).to_string())
                 .fetch_all(&mut *conn)
                 .await?;
-            let mut persisted: HashMap<String, OrderRecord> = HashMap::new();
-            for row in &updated {
-                match decode(row) {
-                    Ok(record) => {
-                        persisted.insert(record.order_id.clone(), record);
-                    }
-                    Err(RepoError::Db(e)) => return Err(e),
-                    Err(other) => return Err(sqlx::Error::Protocol(other.to_string())),
-                }
-            }
+            let mut persisted = by_order_id(&updated)?;
             for (i, record, _, _, transition) in persists {
                 answers[i] = Some(match persisted.remove(&record.order_id) {
                     Some(written) => {
