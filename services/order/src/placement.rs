@@ -187,43 +187,70 @@ impl Placement {
     }
 
     /// Places `order`, or replays the outcome of an earlier request with its idempotency key.
+    ///
+    /// A new key costs no read before its creation: the create is an `INSERT ... ON CONFLICT`
+    /// on the key and answers a replayed key with the stored order. A replay needs no saga
+    /// slot, so when none is free the key is looked up first and a replay is answered without
+    /// waiting for one; only a new order waits.
     pub async fn place(
         &self,
         order: NewOrder,
         deadline: Instant,
     ) -> Result<OrderRecord, PlaceError> {
         let repo = self.orchestrator.repo();
-        if let Some(existing) = repo
-            .by_key(&order.customer_id, &order.idempotency_key)
-            .await?
-        {
-            return self.replay(existing, &order, deadline).await;
+        let slot = match self.orchestrator.try_saga_slot() {
+            Some(slot) => slot,
+            None => {
+                if let Some(existing) = self.stored(&order).await? {
+                    return self.replay(existing, &order, deadline).await;
+                }
+                // Bound the sagas this instance runs before creating anything: a request
+                // that finds no slot is answered busy with nothing stored, and its retry
+                // starts afresh.
+                self.slot(deadline).await?
+            }
+        };
+        if let Err(refused) = self.catalogue.check(&order.food_id, &order.zone).await {
+            // A replay is answered with its order, whatever the catalogue says now.
+            drop(slot);
+            return match self.stored(&order).await? {
+                Some(existing) => self.replay(existing, &order, deadline).await,
+                None => Err(refused),
+            };
         }
-        self.catalogue.check(&order.food_id, &order.zone).await?;
-        // Bound the sagas this instance runs before creating anything: a request that finds
-        // no slot is answered busy with nothing stored, and its retry starts afresh.
-        let slot = self.slot(deadline).await?;
 
         let order_id = format!("ord-{}", uuid::Uuid::new_v4().simple());
         order_saga_platform::telemetry::record_order_id(&order_id);
         let span = tracing::info_span!("place_order", order_id = %order_id);
-        async {
-            let orch = &self.orchestrator;
-            let started = Instant::now();
-            let created = repo
-                .create(&order_id, &order, orch.instance(), orch.config().lease)
-                .await?;
-            orch.stats().record(Step::Create, started.elapsed());
-            match created {
-                Created::New(record) => {
-                    fail::fail_point!("order-after-create");
-                    self.drive_and_wait(record, None, deadline, slot).await
-                }
-                Created::Existing(existing) => self.replay(existing, &order, deadline).await,
+        let orch = &self.orchestrator;
+        let started = Instant::now();
+        let created = repo
+            .create(&order_id, &order, orch.instance(), orch.config().lease)
+            .instrument(span.clone())
+            .await?;
+        orch.stats().record(Step::Create, started.elapsed());
+        match created {
+            Created::New(record) => {
+                fail::fail_point!("order-after-create");
+                self.drive_and_wait(record, None, deadline, slot)
+                    .instrument(span)
+                    .await
+            }
+            // The key was taken after all (a replay, or a concurrent request with it): the
+            // order id drawn above names nothing.
+            Created::Existing(existing) => {
+                drop(slot);
+                self.replay(existing, &order, deadline).await
             }
         }
-        .instrument(span)
-        .await
+    }
+
+    /// The order stored under `order`'s customer and idempotency key, if any.
+    async fn stored(&self, order: &NewOrder) -> Result<Option<OrderRecord>, PlaceError> {
+        let repo = self.orchestrator.repo();
+        Ok(repo
+            .by_key(&order.customer_id, &order.idempotency_key)
+            .await?)
     }
 
     /// An operator's redrive: claims the saga whatever its lease and drives it from its stored

@@ -1,9 +1,13 @@
 //! End to end: real servers on port 0, real databases, both backends.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use order_saga_e2e::{Cluster, ClusterOptions, pb_duration};
-use order_saga_platform::{both_backends, testing::TestBackend};
+use order_saga_platform::{admission::AdmissionConfig, both_backends, testing::TestBackend};
 use order_saga_proto::{
     order::v1::{
         ForceFailOrderRequest, GetOrderHistoryRequest, ListOrdersRequest, ListStuckOrdersRequest,
@@ -184,6 +188,64 @@ both_backends!(
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("idempotency_key"));
         assert_eq!(food_counts(&cluster, "pizza").await, (3, 0, 2));
+        cluster.assert_invariants_when_quiet(SETTLE).await;
+        cluster.stop().await;
+    }
+);
+
+both_backends!(
+    a_replay_is_answered_while_every_saga_slot_is_taken,
+    |backend| async move {
+        // One saga slot, which a request waits for 5 ms at most: new orders keep it taken
+        // and some are answered busy. A replay needs no slot, so none of them may be.
+        let options = ClusterOptions {
+            max_sagas: 1,
+            order_admission: AdmissionConfig {
+                queue_wait: Duration::from_millis(5),
+                ..AdmissionConfig::default()
+            },
+            ..ClusterOptions::default()
+        };
+        let cluster = Cluster::start(backend, options).await;
+        cluster.add_food("pizza", 1000).await;
+        cluster.add_agents("north", 1000).await;
+        let first = cluster
+            .place("kept", "pizza", "north")
+            .await
+            .expect("place");
+        let done = AtomicBool::new(false);
+        let busy = AtomicUsize::new(0);
+        let load = (0..8).map(|worker| {
+            let (cluster, done, busy) = (&cluster, &done, &busy);
+            async move {
+                for i in 0.. {
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("load-{worker}-{i}");
+                    if let Err(status) = cluster.place(&key, "pizza", "north").await {
+                        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                        busy.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        let replays = async {
+            for _ in 0..60 {
+                let again = cluster
+                    .place("kept", "pizza", "north")
+                    .await
+                    .expect("a replay is answered, never busy");
+                assert_eq!(again.order_id, first.order_id);
+                assert_eq!(again.state, first.state);
+            }
+            done.store(true, Ordering::Relaxed);
+        };
+        futures::future::join(futures::future::join_all(load), replays).await;
+        assert!(
+            busy.load(Ordering::Relaxed) > 0,
+            "the slot was never contended, so the test proved nothing"
+        );
         cluster.assert_invariants_when_quiet(SETTLE).await;
         cluster.stop().await;
     }
