@@ -197,7 +197,8 @@ async fn step_histograms(
     Ok(out)
 }
 
-/// The durability settings in force.
+/// The durability settings in force, and whether the server vacuums and analyzes by itself
+/// (a server without autovacuum lets dead rows and stale statistics pile up as a run goes on).
 async fn durability(backend: Backend, pg_url: Option<&str>) -> Vec<Setting> {
     let setting = |name: &str, value: String| Setting {
         name: name.into(),
@@ -222,6 +223,7 @@ async fn durability(backend: Backend, pg_url: Option<&str>) -> Vec<Setting> {
                 "fsync",
                 "full_page_writes",
                 "wal_sync_method",
+                "autovacuum",
             ] {
                 let value = sqlx::query(sqlx::AssertSqlSafe(format!("SHOW {name}")))
                     .fetch_one(&mut c)
@@ -567,6 +569,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     if !durable(&report.durability) {
         eprintln!("bench: WARNING: the database is not configured durably; see the report");
+    }
+    if report
+        .durability
+        .iter()
+        .any(|s| s.name == "postgres autovacuum" && s.value == "off")
+    {
+        eprintln!(
+            "bench: note: the server runs without autovacuum: dead rows and statistics are \
+             never cleaned up during the run, as they would be in production"
+        );
     }
     if let Ok(first) = recorder.first_error.lock()
         && let Some(e) = first.as_ref()

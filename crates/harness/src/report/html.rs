@@ -149,7 +149,7 @@ pub fn render_html(report: &Report) -> anyhow::Result<String> {
     );
 
     // Durability.
-    h.push_str("<h2>Durability settings</h2>\n");
+    h.push_str("<h2>Durability and maintenance settings</h2>\n");
     if report.durability.is_empty() {
         h.push_str("<p class=\"muted\">No durability settings were recorded.</p>\n");
     } else {

@@ -16,6 +16,14 @@
 //! (the earliest get a pool's last units, as with [`Writer::run_batch`]'s loop), then assigns
 //! (of units reserved before the batch: an order's reserve and assign never share a batch,
 //! since every order id in a set batch is distinct).
+//!
+//! Every set statement runs unprepared (`persistent(false)`), so PostgreSQL plans it for each
+//! batch against its tables as they are then. A prepared statement's cached generic plan is
+//! costed once, by the table's size at that moment: made on a fresh database's empty table it
+//! joined the set to a sequential scan, kept it while the table grew, and a bench run decayed
+//! from 925 orders/s in its first minute to 280 in its fifth (the set persist read 0.57 of
+//! the orders table's pages a call, 4,490 at minute five). A batch shares its planning, about
+//! a tenth of a millisecond, among its writes.
 
 use std::collections::{HashMap, HashSet};
 
@@ -123,6 +131,7 @@ impl SetQueries {
             .collect();
         sqlx::query(AssertSqlSafe(self.counts.as_str()))
             .bind(serde_json::Value::from(rows).to_string())
+            .persistent(false)
             .execute(conn)
             .await?;
         Ok(())
@@ -201,6 +210,7 @@ impl Writer {
         let anchored: Vec<(String, Option<i64>)> =
             sqlx::query_as(AssertSqlSafe(set.anchor.as_str()))
                 .bind(ids(&reserves))
+                .persistent(false)
                 .fetch_all(&mut *conn)
                 .await?;
         let released: HashSet<String> = anchored
@@ -220,6 +230,7 @@ impl Writer {
         }
         let holders: HashSet<String> = sqlx::query_scalar(AssertSqlSafe(set.holders.as_str()))
             .bind(ids(&fresh))
+            .persistent(false)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
@@ -246,6 +257,7 @@ impl Writer {
         let claimed: Vec<(i64, String, String, i64)> =
             sqlx::query_as(AssertSqlSafe(set.claim.as_str()))
                 .bind(serde_json::Value::from(requests).to_string())
+                .persistent(false)
                 .fetch_all(&mut *conn)
                 .await?;
         let mut granted: HashMap<usize, (String, i64)> = HashMap::with_capacity(claimed.len());
@@ -303,6 +315,7 @@ impl Writer {
             .collect();
         let done: HashMap<String, String> = sqlx::query_as(AssertSqlSafe(set.assign.as_str()))
             .bind(serde_json::Value::from(requests).to_string())
+            .persistent(false)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()

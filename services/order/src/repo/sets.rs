@@ -8,6 +8,14 @@
 //! single writes ([`super::writes`]): an insert that conflicts reads the order its key names
 //! (one by one: replays are rare), and a persist whose fence returns no row is a lost lease
 //! for that saga alone.
+//!
+//! Every set statement runs unprepared (`persistent(false)`), so PostgreSQL plans it for each
+//! batch against its tables as they are then. A prepared statement's cached generic plan is
+//! costed once, by the table's size at that moment: made on a fresh database's empty table it
+//! joined the set to a sequential scan, kept it while the table grew, and a bench run decayed
+//! from 925 orders/s in its first minute to 280 in its fifth (the set persist read 0.57 of
+//! the orders table's pages a call, 4,490 at minute five). A batch shares its planning, about
+//! a tenth of a millisecond, among its writes.
 
 use std::collections::HashMap;
 
@@ -166,6 +174,7 @@ impl SagaWriter {
                 .collect();
             let inserted = sqlx::query(AssertSqlSafe(set.insert.as_str()))
                 .bind(serde_json::Value::from(rows).to_string())
+                .persistent(false)
                 .fetch_all(&mut *conn)
                 .await?;
             let mut created = by_order_id(&inserted)?;
@@ -221,6 +230,7 @@ impl SagaWriter {
                 .collect();
             let updated = sqlx::query(AssertSqlSafe(set.persist.as_str()))
                 .bind(serde_json::Value::from(rows).to_string())
+                .persistent(false)
                 .fetch_all(&mut *conn)
                 .await?;
             let mut persisted = by_order_id(&updated)?;
@@ -237,6 +247,7 @@ impl SagaWriter {
         if !events.is_empty() {
             sqlx::query(AssertSqlSafe(set.append.as_str()))
                 .bind(serde_json::Value::from(events).to_string())
+                .persistent(false)
                 .execute(&mut *conn)
                 .await?;
         }
