@@ -219,7 +219,10 @@ impl Placement {
             };
         }
 
-        let order_id = format!("ord-{}", uuid::Uuid::new_v4().simple());
+        // Time-ordered (UUIDv7: milliseconds, then 74 random bits), so every index keyed by
+        // order id, here and at the participants, grows at its right edge instead of taking
+        // each new order at a random page of an index that outgrows the cache.
+        let order_id = format!("ord-{}", uuid::Uuid::now_v7().simple());
         order_saga_platform::telemetry::record_order_id(&order_id);
         let span = tracing::info_span!("place_order", order_id = %order_id);
         let orch = &self.orchestrator;
