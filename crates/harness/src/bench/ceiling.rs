@@ -187,8 +187,12 @@ pub async fn sqlite(dir: &Path, duration: Duration) -> anyhow::Result<CeilingRes
     c.execute(INDEX).await?;
     let single = sqlite_claims(&mut c, duration, 1).await?;
     let batched = sqlite_claims(&mut c, duration, BATCH).await?;
-    drop(c);
-    let _ = std::fs::remove_file(&path);
+    // Closing checkpoints the WAL; the files go either way (a report directory keeps only
+    // what the report needs).
+    let _ = c.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
     Ok(CeilingResult {
         method: format!(
             "SQLite: the same claim statement in a loop on one connection (one writer), \
