@@ -39,6 +39,11 @@ pub struct OrderArgs {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "ORDER_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Connections of the read pool (PostgreSQL connections, or SQLite read-only WAL
+    /// connections): order lookups, listings and history never wait for the saga writes'
+    /// connections.
+    #[arg(long, env = "ORDER_READ_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    pub read_db_max_connections: u32,
     /// Wait for a pooled connection before answering UNAVAILABLE.
     #[arg(long, env = "ORDER_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
@@ -171,8 +176,10 @@ pub struct OrderSettings {
     pub tls: ListenerTls,
     /// Database URL.
     pub database_url: String,
-    /// Pool settings.
+    /// Pool settings of the saga writes (and the claims of recovery and operators).
     pub db: DbOptions,
+    /// Pool settings of the reads (lookups, listings, history).
+    pub read_db: DbOptions,
     /// Store URL.
     pub store_url: String,
     /// Delivery URL.
@@ -220,6 +227,10 @@ impl OrderSettings {
             tls: ListenerTls::default(),
             database_url: database_url.into(),
             db: DbOptions::default(),
+            read_db: DbOptions {
+                max_connections: 4,
+                ..DbOptions::default()
+            },
             store_url: store_url.into(),
             delivery_url: delivery_url.into(),
             saga: SagaConfig::default(),
@@ -266,6 +277,8 @@ impl OrderArgs {
         )?;
         s.db.max_connections = self.db_max_connections;
         s.db.acquire_timeout = self.db_acquire_timeout;
+        s.read_db.max_connections = self.read_db_max_connections;
+        s.read_db.acquire_timeout = self.db_acquire_timeout;
         s.saga.reservation_ttl = self.reservation_ttl;
         s.saga.lease = self.lease;
         s.saga.max_sagas = self.max_sagas;

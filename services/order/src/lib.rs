@@ -174,8 +174,9 @@ impl OrderApp {
         let store = channel("store", &settings.store_url, &settings)?;
         let delivery = channel("delivery", &settings.delivery_url, &settings)?;
         let db = Db::connect(&settings.database_url, &settings.db, &MIGRATOR).await?;
+        let reads = Db::connect_reader(&settings.database_url, &settings.read_db).await?;
         let orchestrator = Orchestrator::new(
-            OrderRepo::with_write_batch(db, settings.write_batch),
+            OrderRepo::with_write_batch(db, settings.write_batch).reading_from(reads),
             ReservationServiceClient::with_interceptor(store.clone(), TracePropagation),
             ReservationServiceClient::with_interceptor(delivery.clone(), TracePropagation),
             settings.saga.clone(),
@@ -277,6 +278,7 @@ impl OrderApp {
             })
             .await;
         self.orchestrator.repo().db().close().await;
+        self.orchestrator.repo().read_db().close().await;
         if let Some(e) = misfit.lock().ok().and_then(|mut m| m.take()) {
             return Err(e);
         }

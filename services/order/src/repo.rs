@@ -158,10 +158,16 @@ struct Queries {
 /// The orders repository.
 ///
 /// Creation and saga persists go through a [`GroupCommit`]: the writes of sagas that arrive
-/// while a transaction is in flight share the next one (see [`writes`]).
+/// while a transaction is in flight share the next one (see [`writes`]). Reads (lookups,
+/// listings, history) use a pool of their own when one is given ([`OrderRepo::reading_from`]):
+/// on SQLite the writes have one connection, and a console listing orders must not hold it
+/// while sagas wait to persist. Every read sees what was committed when it started, which is
+/// all any caller relies on: a saga answers from what its own write returned.
 #[derive(Debug, Clone)]
 pub struct OrderRepo {
     db: Db,
+    /// The pool reads use: `db` itself unless [`OrderRepo::reading_from`] gave another.
+    reads: Db,
     sql: std::sync::Arc<Queries>,
     writes: GroupCommit<SagaWriter>,
 }
@@ -246,9 +252,22 @@ impl OrderRepo {
         .for_backend(db.backend());
         Self {
             writes: GroupCommit::start("orders", writer, config),
+            reads: db.clone(),
             db,
             sql,
         }
+    }
+
+    /// This repository with its reads on `reads` (see [`Db::connect_reader`]): another pool on
+    /// the same database.
+    pub fn reading_from(mut self, reads: Db) -> Self {
+        self.reads = reads;
+        self
+    }
+
+    /// The pool reads use.
+    pub fn read_db(&self) -> &Db {
+        &self.reads
     }
 
     /// The database.
@@ -367,7 +386,7 @@ impl OrderRepo {
         order_id: &str,
         limit: i64,
     ) -> Result<Vec<HistoryEvent>, RepoError> {
-        Ok(history::read(&self.sql.history, &self.db, order_id, limit).await?)
+        Ok(history::read(&self.sql.history, &self.reads, order_id, limit).await?)
     }
 
     /// Deletes up to `batch` history events older than `retention`; how many it deleted.
@@ -486,7 +505,7 @@ impl OrderRepo {
         let row = sqlx::query(AssertSqlSafe(self.sql.by_key.as_str()))
             .bind(customer_id)
             .bind(key)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.reads.pool())
             .await?;
         row.as_ref().map(decode).transpose()
     }
@@ -494,7 +513,7 @@ impl OrderRepo {
     async fn one(&self, sql: &str, arg: &str) -> Result<Option<OrderRecord>, RepoError> {
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(arg)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.reads.pool())
             .await?;
         row.as_ref().map(decode).transpose()
     }
@@ -503,7 +522,7 @@ impl OrderRepo {
     pub async fn stuck(&self, limit: i64) -> Result<Vec<OrderRecord>, RepoError> {
         let rows = sqlx::query(AssertSqlSafe(self.sql.stuck.as_str()))
             .bind(limit)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.reads.pool())
             .await?;
         rows.iter().map(decode).collect()
     }
@@ -578,7 +597,7 @@ impl OrderRepo {
                 Bind::Int(v) => query.bind(v),
             };
         }
-        let rows = query.fetch_all(self.db.pool()).await?;
+        let rows = query.fetch_all(self.reads.pool()).await?;
         rows.iter().map(decode).collect()
     }
 
@@ -594,7 +613,7 @@ impl OrderRepo {
              GROUP BY (updated_at / 60000) * 60000, state, reason ORDER BY minute",
         )
         .bind(since_ms)
-        .fetch_all(self.db.pool())
+        .fetch_all(self.reads.pool())
         .await?;
         rows.iter()
             .map(|r| {
@@ -612,7 +631,7 @@ impl OrderRepo {
     pub async fn now_ms(&self) -> Result<i64, RepoError> {
         let sql = self.db.sql("SELECT {now} AS now");
         Ok(sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(self.db.pool())
+            .fetch_one(self.reads.pool())
             .await?)
     }
 }

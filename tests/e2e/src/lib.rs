@@ -257,6 +257,7 @@ impl Cluster {
         settings.limits.connections = options.connections.clone();
         settings.recovery.interval = options.recovery_interval;
         settings.db.max_connections = TEST_POOL_SIZE;
+        settings.read_db.max_connections = TEST_POOL_SIZE / 2;
         if options.batched {
             settings.write_batch = 128;
             settings.saga.batch_calls = true;

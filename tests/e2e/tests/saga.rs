@@ -1050,6 +1050,56 @@ both_backends!(
 );
 
 both_backends!(
+    order_reads_have_their_own_connections,
+    |backend| async move {
+        // The writes' only connection is held by a transaction; lookups and history through
+        // the read pool still answer at once.
+        use order_saga_platform::db::{Db, DbOptions};
+        use order_service::repo::{Created, NewOrder, OrderRepo};
+        let url = order_saga_platform::testing::fresh_database_url(backend, "order").await;
+        let one = DbOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(300),
+            ..DbOptions::default()
+        };
+        let db = Db::connect(&url, &one, &order_service::MIGRATOR)
+            .await
+            .expect("connect");
+        let reads = Db::connect_reader(&url, &one).await.expect("reader");
+        let repo = OrderRepo::new(db.clone()).reading_from(reads);
+        let order = NewOrder {
+            idempotency_key: "k".into(),
+            customer_id: "c".into(),
+            food_id: "pizza".into(),
+            zone: "north".into(),
+        };
+        let lease = Duration::from_secs(30);
+        let Created::New(created) = repo
+            .create("ord-1", &order, "me", lease)
+            .await
+            .expect("create")
+        else {
+            panic!("a new key found an order");
+        };
+        let mut held = db.pool().begin().await.expect("begin");
+        sqlx::query("UPDATE orders SET updated_at = updated_at")
+            .execute(&mut *held)
+            .await
+            .expect("write");
+        assert!(
+            OrderRepo::new(db.clone()).by_id("ord-1").await.is_err(),
+            "the writes' pool is exhausted"
+        );
+        let found = repo.by_id("ord-1").await.expect("read").expect("order");
+        assert_eq!(found.order_id, created.order_id);
+        let by_key = repo.by_key("c", "k").await.expect("read").expect("order");
+        assert_eq!(by_key.order_id, created.order_id);
+        assert_eq!(repo.history("ord-1", 10).await.expect("history").len(), 1);
+        held.rollback().await.expect("rollback");
+    }
+);
+
+both_backends!(
     batched_saga_writes_answer_each_write_as_if_alone,
     |backend| async move {
         // Creations and persists queued together share transactions (on PostgreSQL, three set
