@@ -9,24 +9,44 @@ use std::str::FromStr;
 
 use sqlx::{ConnectOptions, Connection, Executor, postgres::PgConnectOptions};
 
-/// Transactions committed in `db` so far (`None` on SQLite): how a test sees that writes
-/// queued together shared commits. The statistics collector publishes a backend's counts when
-/// its transaction ends; clearing the cached snapshot reads fresh ones.
-pub async fn commits(db: &crate::db::Db) -> Option<i64> {
-    if db.backend() != crate::db::Backend::Postgres {
-        return None;
-    }
+/// How long an idle PostgreSQL backend may keep its statistics before publishing them: it
+/// flushes them when it goes idle, but at most once a second (`PGSTAT_MIN_INTERVAL`), so
+/// counts read sooner can miss the transactions a test just ran.
+const STATS_PUBLISHED_WITHIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// One of the server's statistics about `db`, once every backend has published what it did
+/// (`sql` returns one `BIGINT`; `arg`, if any, is its `$1`).
+async fn published_stat(db: &crate::db::Db, sql: &'static str, arg: Option<&str>) -> i64 {
+    tokio::time::sleep(STATS_PUBLISHED_WITHIN).await;
     let mut conn = db.pool().acquire().await.expect("connection");
     sqlx::query("SELECT pg_stat_clear_snapshot()")
         .execute(&mut *conn)
         .await
         .expect("clear snapshot");
-    sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .ok()
+    let query = sqlx::query_scalar(sql);
+    let query = match arg {
+        Some(arg) => query.bind(arg),
+        None => query,
+    };
+    query.fetch_one(&mut *conn).await.expect("statistics")
+}
+
+/// Transactions committed in `db` so far (`None` on SQLite): how a test sees that writes
+/// queued together shared commits. Each call waits for the counts to be published (about 1.5
+/// s), and itself commits two read transactions that a later call counts.
+pub async fn commits(db: &crate::db::Db) -> Option<i64> {
+    if db.backend() != crate::db::Backend::Postgres {
+        return None;
+    }
+    let sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    Some(published_stat(db, sql, None).await)
+}
+
+/// Whole-table scans of `table` in PostgreSQL database `db` so far: how a test sees that a
+/// statement found its rows through an index.
+pub async fn seq_scans(db: &crate::db::Db, table: &str) -> i64 {
+    let sql = "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1";
+    published_stat(db, sql, Some(table)).await
 }
 
 /// The backends every database test runs against.

@@ -1218,20 +1218,6 @@ both_backends!(
     }
 );
 
-/// Whole-table scans of `table` in the database `db` has open, as the server counts them.
-async fn seq_scans(db: &order_saga_platform::db::Db, table: &str) -> i64 {
-    let mut conn = db.pool().acquire().await.expect("connection");
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
-        .await
-        .expect("clear snapshot");
-    sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1")
-        .bind(table)
-        .fetch_one(&mut *conn)
-        .await
-        .expect("seq_scan")
-}
-
 /// `n` new orders created and persisted to `Assigning` at once, as sagas do under load.
 async fn create_and_persist(repo: &order_service::repo::OrderRepo, round: usize, n: usize) {
     use order_saga_saga::Phase;
@@ -1311,19 +1297,16 @@ async fn batched_saga_writes_find_rows_by_key_after_the_tables_grow() {
     .execute(db.pool())
     .await
     .expect("grow history");
-    // A backend publishes its table statistics within a second of going idle.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let before = (
-        seq_scans(&db, "orders").await,
-        seq_scans(&db, "saga_events").await,
+        order_saga_platform::testing::seq_scans(&db, "orders").await,
+        order_saga_platform::testing::seq_scans(&db, "saga_events").await,
     );
     for round in 100..104 {
         create_and_persist(&repo, round, 6).await;
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let after = (
-        seq_scans(&db, "orders").await,
-        seq_scans(&db, "saga_events").await,
+        order_saga_platform::testing::seq_scans(&db, "orders").await,
+        order_saga_platform::testing::seq_scans(&db, "saga_events").await,
     );
     assert_eq!(
         after, before,
