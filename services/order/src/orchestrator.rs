@@ -156,16 +156,13 @@ impl Orchestrator {
         let mut round = std::pin::pin!(round);
         let mut first = true;
         std::future::poll_fn(move |cx| {
-            if std::mem::take(&mut first) {
-                let _queueing = self
-                    .inner
+            let _queueing = std::mem::take(&mut first).then(|| {
+                self.inner
                     .call_order
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                round.as_mut().poll(cx)
-            } else {
-                round.as_mut().poll(cx)
-            }
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            });
+            round.as_mut().poll(cx)
         })
         .await
     }

@@ -1,8 +1,7 @@
 //! The cost model of a run: what one completed order cost in commits, WAL flushes, statements,
 //! write transactions, participant calls and RPCs, from counters read before and after the
 //! measured window (PostgreSQL's `pg_stat_database` and `pg_stat_wal` and, where the server
-//! preloads it,
-//! `pg_stat_statements`; and the services' own metrics).
+//! preloads it, `pg_stat_statements`; and the services' own metrics).
 
 use std::collections::BTreeMap;
 

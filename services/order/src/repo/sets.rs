@@ -14,8 +14,8 @@
 //! costed once, by the table's size at that moment: made on a fresh database's empty table it
 //! joined the set to a sequential scan, kept it while the table grew, and a bench run decayed
 //! from 925 orders/s in its first minute to 280 in its fifth (the set persist read 0.57 of
-//! the orders table's pages a call, 4,490 at minute five). A batch shares its planning, about
-//! a tenth of a millisecond, among its writes.
+//! the orders table's pages a call, 4,490 at minute five). A batch shares its planning among
+//! its writes.
 
 use std::collections::HashMap;
 
